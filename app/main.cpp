@@ -1,0 +1,118 @@
+// xoauth-proxy: wiring only. Commands: run, check, hash-password.
+#include "auth/password_hash.hpp"
+#include "common/log.hpp"
+#include "config/loader.hpp"
+#include "proxy/server.hpp"
+
+#include <CLI/CLI.hpp>
+#include <openssl/crypto.h>
+#include <termios.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+#include <string>
+
+namespace {
+
+std::string default_config_path() {
+  const char* env = std::getenv("XOAUTH_PROXY_CONFIG");
+  return env && *env ? env : "";
+}
+
+void print_diagnostics(const xo::config::load_result& r, std::FILE* out) {
+  for (const auto& d : r.errors) std::fprintf(out, "%s\n", d.to_string().c_str());
+  for (const auto& d : r.warnings) std::fprintf(out, "warning: %s\n", d.to_string().c_str());
+}
+
+int cmd_check(const std::string& path) {
+  auto r = xo::config::load_file(path);
+  print_diagnostics(r, stdout);
+  if (!r.ok()) {
+    std::printf("%s: %zu error(s); configuration is invalid\n", path.c_str(), r.errors.size());
+    return 1;
+  }
+  std::printf("%s", xo::config::describe(r.cfg).c_str());
+  std::printf("%s: configuration is valid\n", path.c_str());
+  return 0;
+}
+
+int cmd_run(const std::string& path) {
+  auto r = xo::config::load_file(path);
+  if (!r.ok()) {
+    print_diagnostics(r, stderr);
+    std::fprintf(stderr, "%s: configuration is invalid, not starting\n", path.c_str());
+    return 2;
+  }
+  const auto& cfg = r.cfg;
+  xo::init_logging(cfg.proxy.format == xo::config::log_format::json ? xo::log_style::json
+                                                                     : xo::log_style::text,
+                   cfg.proxy.log_level);
+  for (const auto& w : r.warnings) xo::logger("config")->warn("{}", w.to_string());
+  xo::logger("proxy")->info("xoauth-proxy {} starting with {}", XOAUTH_VERSION, path);
+  try {
+    return xo::proxy::run_server(cfg);
+  } catch (const std::exception& e) {
+    xo::logger("proxy")->critical("cannot start: {}", e.what());
+    return 1;
+  }
+}
+
+int cmd_hash_password() {
+  bool tty = isatty(STDIN_FILENO) == 1;
+  termios old{};
+  if (tty) {
+    std::fprintf(stderr, "Password: ");
+    tcgetattr(STDIN_FILENO, &old);
+    termios silent = old;
+    silent.c_lflag &= static_cast<tcflag_t>(~ECHO);
+    tcsetattr(STDIN_FILENO, TCSANOW, &silent);
+  }
+  std::string line;
+  bool got = static_cast<bool>(std::getline(std::cin, line));
+  if (tty) {
+    tcsetattr(STDIN_FILENO, TCSANOW, &old);
+    std::fprintf(stderr, "\n");
+  }
+  if (!line.empty() && line.back() == '\r') line.pop_back();
+  if (!got || line.empty()) {
+    std::fprintf(stderr, "hash-password: no password given on standard input\n");
+    return 1;
+  }
+  xo::secret pw{std::move(line)};
+  OPENSSL_cleanse(line.data(), line.size());
+  std::printf("%s\n", xo::auth::hash_password(pw).c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  CLI::App app{"xoauth-proxy: lets password-only IMAP/SMTP/POP3 clients reach mailboxes that "
+               "accept only OAuth2 (Microsoft Exchange Online)"};
+  app.set_version_flag("--version", std::string{"xoauth-proxy "} + XOAUTH_VERSION);
+  app.require_subcommand(1);
+  std::string config_path = default_config_path();
+  auto add_config = [&](CLI::App* sub) {
+    auto* opt = sub->add_option("-c,--config", config_path,
+                                "configuration file (default: $XOAUTH_PROXY_CONFIG)");
+    if (config_path.empty()) opt->required();
+  };
+  auto* run = app.add_subcommand("run", "run the proxy");
+  add_config(run);
+  auto* check = app.add_subcommand("check", "validate a configuration and print what it sets up; "
+                                            "exit 0 when valid, 1 when not");
+  add_config(check);
+  auto* hash = app.add_subcommand(
+      "hash-password", "read a password from standard input and print its argon2id hash for "
+                       "an [[account]] password_hash");
+  CLI11_PARSE(app, argc, argv);
+  if (*run) return cmd_run(config_path);
+  if (*check) return cmd_check(config_path);
+  if (*hash) return cmd_hash_password();
+  return 1;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "xoauth-proxy: %s\n", e.what());
+  return 1;
+}

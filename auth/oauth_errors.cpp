@@ -1,0 +1,84 @@
+// Classification of identity-platform errors (protocol-notes §1.6). Microsoft says codes and texts
+// may change and apps should branch on `error`: so the `error` string decides first where it is
+// unambiguous, the AADSTS code refines, and anything unknown defaults safely (an unknown 4xx is a
+// configuration problem an admin must look at; an unknown invalid_grant means the grant is dead).
+#include "auth/token_response.hpp"
+
+#include <algorithm>
+#include <initializer_list>
+
+namespace xo::auth {
+
+std::string_view to_string(failure_kind k) {
+  switch (k) {
+    case failure_kind::transient: return "transient";
+    case failure_kind::reauth: return "reauth";
+    case failure_kind::bad_password: return "bad_password";
+    case failure_kind::config: return "config";
+  }
+  return "unknown";
+}
+
+namespace {
+
+// Sized by their initialisers (no zero padding that would match "no code").
+template <std::size_t N>
+bool contains(const long (&codes)[N], long code) {
+  return code != 0 && std::find(codes, codes + N, code) != codes + N;
+}
+
+// Throttling and retryable backend faults, whatever `error` they come with. 50196 is the loop
+// detector ("too many identical requests"): backing off is the only cure.
+constexpr long transient_codes[] = {50196, 90055, 90024, 50033, 90006, 90033, 90090};
+
+// The user's password was wrong (ROPC), or smart lockout kicked in.
+constexpr long bad_password_codes[] = {50126, 50053};
+
+// App registration, credential, tenant, scope or redirect problems: an admin must fix them.
+// 700084 is the SPA refresh-token limit: the app is registered as the wrong type.
+// 650056/650057: the scope is not in the app's API permissions.
+constexpr long config_codes[] = {
+    7000215, 7000222, 70002,  700027, 50012,  7000218, 700025, 700016,
+    700011,  90002,   50194,  9001023, 90124, 90130,  70011,  28002,
+    700022,  50011,   70004,  700084, 650056, 650057, 90014,  900144};
+
+// The grant is unusable until a person acts: expired/revoked refresh tokens, MFA, Conditional
+// Access, disabled or expired accounts, missing consent, a broken interactive exchange.
+constexpr long reauth_codes[] = {
+    50173, 70008, 700082, 50076,  50079,  50074,  50072,  53003,  530032,
+    50131, 530035, 50055, 50144,  50057,  70043,  50089,  50132,  50133,
+    65001, 65004, 90094,  54005,  501481, 700005, 50078};
+
+bool is_one_of(std::string_view s, std::initializer_list<std::string_view> l) {
+  return std::find(l.begin(), l.end(), s) != l.end();
+}
+
+}  // namespace
+
+failure_kind classify(unsigned http_status, std::string_view error, long aadsts) {
+  // No answer at all (status 0: DNS, TCP, TLS, timeout) or the IdP itself is in trouble.
+  if (http_status == 0 || http_status == 429 || http_status >= 500) return failure_kind::transient;
+  if (is_one_of(error, {"temporarily_unavailable", "server_error", "invalid_response", "network",
+                        "timeout", "cancelled"}))
+    return failure_kind::transient;
+  if (contains(transient_codes, aadsts)) return failure_kind::transient;
+
+  // `error` values whose meaning does not depend on the code.
+  if (is_one_of(error, {"invalid_client", "unauthorized_client", "invalid_scope",
+                        "unsupported_grant_type"}))
+    return failure_kind::config;
+  if (is_one_of(error, {"consent_required", "interaction_required", "login_required",
+                        "expired_token", "authorization_declined", "bad_verification_code",
+                        "access_denied"}))
+    return failure_kind::reauth;
+
+  if (contains(bad_password_codes, aadsts)) return failure_kind::bad_password;
+  if (contains(config_codes, aadsts)) return failure_kind::config;
+  if (contains(reauth_codes, aadsts)) return failure_kind::reauth;
+
+  // An unknown invalid_grant: the stored grant is dead; anything else unknown needs an admin.
+  if (error == "invalid_grant") return failure_kind::reauth;
+  return failure_kind::config;
+}
+
+}  // namespace xo::auth

@@ -1,0 +1,119 @@
+#pragma once
+// The validated configuration. Plain structs: nothing downstream reads a TOML node.
+// Loaded once at startup by config::load() (config/loader.hpp).
+#include "common/secret.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace xo::config {
+
+enum class log_format { text, json };
+enum class tls_mode { none, starttls, implicit };          // between the app and the proxy
+enum class upstream_tls_mode { implicit, starttls };        // never plaintext upstream
+enum class protocol_kind { imap, smtp, pop3 };
+enum class flow_kind { client_credentials, authorization_code, device_code, password };
+
+std::string_view to_string(log_format v);
+std::string_view to_string(tls_mode v);
+std::string_view to_string(upstream_tls_mode v);
+std::string_view to_string(protocol_kind v);
+std::string_view to_string(flow_kind v);
+
+// Where a value came from, for diagnostics.
+struct source_pos {
+  std::string file;
+  int line = 0;
+  int column = 0;
+};
+
+struct host_port {
+  std::string host;  // name or IP literal (IPv6 written without brackets here)
+  std::uint16_t port = 0;
+  std::string to_string() const;  // "host:port", "[v6]:port"
+};
+
+struct proxy_settings {
+  std::string state_dir = "./state";
+  log_format format = log_format::text;
+  std::string log_level = "info";  // trace | debug | info | warn | error | critical | off
+  std::chrono::seconds login_timeout{60};          // each pre-login step (client and upstream)
+  std::chrono::seconds idle_timeout{1800};         // relay idle limit; >= 30 min (RFC 3501 §5.4)
+  std::chrono::seconds token_timeout{30};          // one token request to the identity platform
+  std::chrono::seconds credential_cache_ttl{300};  // verified local passwords kept in memory
+};
+
+struct provider {
+  std::string name;
+  std::string tenant;
+  std::string client_id;
+  secret client_secret;  // from client_secret_file or client_secret = "${ENV}"
+  std::string authority = "https://login.microsoftonline.com";  // no trailing slash
+  std::string ca_file;   // optional extra trust anchors for the authority
+  std::vector<std::string> scopes;  // empty: the flow's default
+  source_pos where;
+  // "{authority}/{tenant}/oauth2/v2.0/token"
+  std::string token_endpoint() const;
+  // Where client_secret came from, never its value: "file /path", "environment variable NAME",
+  // or "inline in the config file". Shown by describe().
+  std::string client_secret_origin;
+};
+
+struct listener {
+  protocol_kind protocol = protocol_kind::imap;
+  host_port listen;
+  tls_mode tls = tls_mode::none;
+  std::string cert_file;
+  std::string key_file;
+  host_port upstream;
+  upstream_tls_mode upstream_tls = upstream_tls_mode::implicit;
+  std::string upstream_ca_file;  // optional extra trust anchors for the upstream server
+  source_pos where;
+};
+
+struct account {
+  std::string login;     // exact login, or "*@domain"
+  std::string provider;  // name of a [[provider]]
+  flow_kind flow = flow_kind::client_credentials;
+  std::string mailbox;   // XOAUTH2 user=; empty means "the login the client sent"
+  std::string password_hash;  // argon2id PHC string
+  source_pos where;
+  bool is_wildcard() const { return login.starts_with("*@"); }
+};
+
+struct config {
+  std::string path;
+  proxy_settings proxy;
+  std::vector<provider> providers;
+  std::vector<listener> listeners;
+  std::vector<account> accounts;
+
+  const provider* find_provider(std::string_view name) const;
+  // Exact login first (ASCII case-insensitive), then "*@domain" on the login's domain.
+  const account* find_account(std::string_view login) const;
+};
+
+struct diagnostic {
+  source_pos where;
+  std::string key;      // e.g. "listener[2].upstream"
+  std::string message;
+  bool warning = false;
+  // "file:line:col: key: message" (or "file: key: message" without a position; no "key: " when
+  // the key is empty, e.g. a syntax error). A warning reads "...: key: warning: message".
+  std::string to_string() const;
+};
+
+class config_error : public std::runtime_error {
+ public:
+  explicit config_error(std::vector<diagnostic> d);
+  const std::vector<diagnostic>& diagnostics() const noexcept { return diags_; }
+
+ private:
+  std::vector<diagnostic> diags_;
+};
+
+}  // namespace xo::config

@@ -1,0 +1,87 @@
+#include "proxy/login_service.hpp"
+
+#include "common/log.hpp"
+
+namespace xo::proxy {
+
+namespace {
+
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    auto lower = [](char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; };
+    if (lower(a[i]) != lower(b[i])) return false;
+  }
+  return true;
+}
+
+protocol::auth_outcome fail(protocol::auth_outcome::kind k) {
+  protocol::auth_outcome o;
+  o.result = k;
+  return o;
+}
+
+}  // namespace
+
+login_service::login_service(asio::any_io_executor ex, const config::config& cfg)
+    : cfg_(cfg),
+      checker_(ex, 1, cfg.proxy.credential_cache_ttl),
+      tokens_(ex, auth::token_cache::options{}) {
+  for (const auto& p : cfg.providers) {
+    provider_state st;
+    st.http = std::make_unique<auth::https_client>(ex, p.ca_file, cfg.proxy.token_timeout);
+    st.source = std::make_unique<auth::client_credentials>(p, *st.http);
+    providers_.emplace(p.name, std::move(st));
+  }
+}
+
+login_service::~login_service() = default;
+
+std::string login_service::token_key(const config::account& a) {
+  // App-only tokens belong to the app registration, not to a mailbox: one per provider.
+  return "provider:" + a.provider;
+}
+
+void login_service::token_rejected(const std::string& user) {
+  if (const auto* a = cfg_.find_account(user)) tokens_.invalidate(token_key(*a));
+}
+
+awaitable<protocol::auth_outcome> login_service::authorize(std::string sid,
+                                                           protocol::authorize req) {
+  using k = protocol::auth_outcome::kind;
+  auto log = logger("proxy");
+  const config::account* acct = cfg_.find_account(req.user);
+  bool authzid_ok = req.authzid.empty() || iequals(req.authzid, req.user);
+  // Unknown accounts pay for a dummy hash too, so both failures take similar time.
+  bool password_ok = co_await checker_.verify(acct ? acct->password_hash : std::string{},
+                                              std::move(req.password));
+  if (!acct || !password_ok || !authzid_ok) {
+    log->warn("sid={} login failed user={:?} reason={}", sid, req.user,
+              !acct ? "unknown account" : !password_ok ? "wrong password" : "authzid not permitted");
+    co_return fail(k::bad_credentials);
+  }
+  auto it = providers_.find(acct->provider);
+  if (it == providers_.end()) co_return fail(k::contact_admin);  // config validation prevents it
+  auto token = co_await tokens_.get(token_key(*acct), *it->second.source);
+  if (!token.ok()) {
+    const auto& e = token.error;
+    log->warn("sid={} no token for user={:?} provider={} kind={} error={}", sid, req.user,
+              acct->provider, auth::to_string(e.kind), e.summary);
+    switch (e.kind) {
+      case auth::failure_kind::transient: co_return fail(k::temporary);
+      case auth::failure_kind::bad_password: co_return fail(k::bad_credentials);
+      case auth::failure_kind::reauth:
+      case auth::failure_kind::config: co_return fail(k::contact_admin);
+    }
+    co_return fail(k::temporary);
+  }
+  protocol::auth_outcome ok;
+  ok.result = k::ok;
+  ok.mailbox = acct->mailbox.empty() ? req.user : acct->mailbox;
+  ok.token = std::move(token.token->value);
+  log->info("sid={} local login ok user={:?} account={:?} mailbox={:?}", sid, req.user,
+            acct->login, ok.mailbox);
+  co_return ok;
+}
+
+}  // namespace xo::proxy

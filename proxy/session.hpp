@@ -1,0 +1,62 @@
+#pragma once
+// The session driver: carries out a sans-I/O login flow's actions on real streams, then relays.
+// One coroutine per connection; the session object lives in that coroutine's frame.
+// Every pre-login step is bounded by login_timeout, and the whole pre-login phase by
+// 5 × login_timeout; after a timeout the session closes (TLS state is unreliable after a
+// cancelled operation). Logs one summary line per session.
+#include "common/log.hpp"
+#include "config/config.hpp"
+#include "protocol/common/action.hpp"
+#include "proxy/login_service.hpp"
+#include "proxy/mail_stream.hpp"
+#include "proxy/splice.hpp"
+#include "proxy/upstream_connect.hpp"
+
+#include <array>
+#include <optional>
+
+namespace xo::proxy {
+
+struct session_env {
+  std::string sid;
+  const config::listener& listener;
+  ssl::context& upstream_tls;
+  login_service& logins;
+  const config::proxy_settings& settings;
+};
+
+template <class Flow>
+class session {
+ public:
+  session(mail_stream client, Flow flow, session_env env)
+      : client_(std::move(client)), flow_(std::move(flow)), env_(std::move(env)) {}
+
+  awaitable<void> run();
+
+ private:
+  using clock = std::chrono::steady_clock;
+  awaitable<void> perform(protocol::read_from a);
+  awaitable<void> perform(protocol::write_to a);
+  awaitable<void> perform(protocol::start_tls a);
+  awaitable<void> perform(protocol::connect_upstream a);
+  awaitable<void> perform(protocol::authorize a);
+  awaitable<void> perform(protocol::splice a);
+  awaitable<void> perform(protocol::close a);
+  awaitable<void> perform(protocol::close_upstream a);
+  awaitable<void> perform(protocol::token_rejected a);
+  std::chrono::steady_clock::duration step_budget() const;
+
+  mail_stream client_;
+  std::optional<mail_stream> upstream_;
+  Flow flow_;
+  session_env env_;
+  std::array<char, 4096> buf_{};
+  clock::time_point started_ = clock::now();
+  std::uint64_t bytes_in_ = 0;   // client → proxy/upstream
+  std::uint64_t bytes_out_ = 0;  // proxy/upstream → client
+  std::string end_;
+  bool done_ = false;
+  bool logged_in_ = false;
+};
+
+}  // namespace xo::proxy

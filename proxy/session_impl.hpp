@@ -1,0 +1,167 @@
+#pragma once
+// Member definitions of proxy::session<Flow>; included by the one .cpp per protocol that
+// instantiates it (imap_session.cpp, ...).
+#include "proxy/session.hpp"
+
+#include <variant>
+
+namespace xo::proxy {
+
+template <class Flow>
+std::chrono::steady_clock::duration session<Flow>::step_budget() const {
+  auto step = std::chrono::duration_cast<clock::duration>(env_.settings.login_timeout);
+  auto total_end = started_ + 5 * step;
+  auto left = total_end - clock::now();
+  return std::max(clock::duration::zero(), std::min(step, left));
+}
+
+template <class Flow>
+awaitable<void> session<Flow>::run() {
+  auto log = logger("session");
+  log->debug("sid={} open client={}:{}", env_.sid, client_.remote().address().to_string(),
+             client_.remote().port());
+  while (!done_) {
+    auto act = flow_.next();
+    co_await std::visit([this](auto a) { return perform(std::move(a)); }, std::move(act));
+  }
+  if (upstream_) upstream_->close();
+  client_.close();
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - started_).count();
+  log->info("sid={} summary protocol={} client={} user={:?} logged_in={} bytes_in={} "
+            "bytes_out={} duration_ms={} end={:?}",
+            env_.sid, config::to_string(env_.listener.protocol),
+            client_.remote().address().to_string(), flow_.user(), logged_in_, bytes_in_,
+            bytes_out_, ms, end_);
+}
+
+template <class Flow>
+awaitable<void> session<Flow>::perform(protocol::read_from a) {
+  auto* s = a.from == protocol::peer::client ? &client_ : (upstream_ ? &*upstream_ : nullptr);
+  if (!s) {
+    flow_.on_io_done(false);
+    co_return;
+  }
+  auto r = co_await with_timeout(s->read_some(asio::buffer(buf_)), step_budget());
+  if (!r) {
+    // A timed-out read leaves the stream unusable: end the session.
+    end_ = a.from == protocol::peer::client ? "client timeout before login"
+                                            : "upstream timeout during login";
+    done_ = true;
+    co_return;
+  }
+  auto [ec, n] = *r;
+  if (ec) {
+    flow_.on_io_done(false);
+    co_return;
+  }
+  if (a.from == protocol::peer::client) bytes_in_ += n;
+  flow_.on_read(a.from, std::string_view{buf_.data(), n});
+}
+
+template <class Flow>
+awaitable<void> session<Flow>::perform(protocol::write_to a) {
+  auto* s = a.to == protocol::peer::client ? &client_ : (upstream_ ? &*upstream_ : nullptr);
+  if (!s) {
+    flow_.on_io_done(false);
+    co_return;
+  }
+  if (auto log = logger("wire"); log->should_log(spdlog::level::trace)) {
+    const char* dir = a.to == protocol::peer::client ? "P->C" : "P->U";
+    if (a.sensitive) log->trace("sid={} {} <redacted {} bytes>", env_.sid, dir, a.bytes.size());
+    else log->trace("sid={} {} {:?}", env_.sid, dir, a.bytes);
+  }
+  auto r = co_await with_timeout(s->write_all(asio::buffer(a.bytes)), step_budget());
+  if (a.sensitive) OPENSSL_cleanse(a.bytes.data(), a.bytes.size());
+  bool ok = r && !std::get<0>(*r);
+  if (ok && a.to == protocol::peer::client) bytes_out_ += a.bytes.size();
+  if (!r) {
+    end_ = "write timeout during login";
+    done_ = true;
+    co_return;
+  }
+  flow_.on_io_done(ok);
+}
+
+template <class Flow>
+awaitable<void> session<Flow>::perform(protocol::start_tls a) {
+  auto* s = a.on == protocol::peer::client ? &client_ : (upstream_ ? &*upstream_ : nullptr);
+  if (!s) {
+    flow_.on_io_done(false);
+    co_return;
+  }
+  auto role = a.on == protocol::peer::client ? ssl::stream_base::server : ssl::stream_base::client;
+  auto r = co_await with_timeout(s->start_tls(role), step_budget());
+  if (!r) {
+    end_ = "TLS handshake timeout";
+    done_ = true;
+    co_return;
+  }
+  if (*r)
+    logger("session")->warn("sid={} TLS handshake with {} failed: {}", env_.sid,
+                            a.on == protocol::peer::client ? "client" : "upstream", r->message());
+  flow_.on_io_done(!*r);
+}
+
+template <class Flow>
+awaitable<void> session<Flow>::perform(protocol::connect_upstream) {
+  if (upstream_) upstream_->close();
+  upstream_.reset();
+  const auto& l = env_.listener;
+  auto budget = std::chrono::duration_cast<std::chrono::seconds>(step_budget());
+  auto r = co_await connect_upstream(l.upstream, l.upstream_tls == config::upstream_tls_mode::implicit,
+                                     env_.upstream_tls, std::max(budget, std::chrono::seconds{1}));
+  if (!r.stream) {
+    logger("session")->warn("sid={} upstream unavailable: {}", env_.sid, r.error);
+    flow_.on_io_done(false);
+    co_return;
+  }
+  upstream_.emplace(std::move(*r.stream));
+  logger("session")->debug("sid={} upstream connected {} tls={}", env_.sid, l.upstream.to_string(),
+                           upstream_->tls_description());
+  flow_.on_io_done(true);
+}
+
+template <class Flow>
+awaitable<void> session<Flow>::perform(protocol::authorize a) {
+  auto outcome = co_await env_.logins.authorize(env_.sid, std::move(a));
+  flow_.on_authorized(std::move(outcome));
+}
+
+template <class Flow>
+awaitable<void> session<Flow>::perform(protocol::splice a) {
+  logged_in_ = true;
+  logger("session")->info("sid={} logged in user={:?} upstream={} relaying", env_.sid,
+                          flow_.user(), env_.listener.upstream.to_string());
+  relay_options opt;
+  opt.idle_timeout = env_.settings.idle_timeout;
+  auto r = co_await relay(client_, *upstream_, std::move(a.client_leftover),
+                          std::move(a.upstream_leftover), opt);
+  bytes_in_ += r.client_to_upstream;
+  bytes_out_ += r.upstream_to_client;
+  end_ = r.end;
+  done_ = true;
+}
+
+template <class Flow>
+awaitable<void> session<Flow>::perform(protocol::close a) {
+  end_ = std::move(a.reason);
+  done_ = true;
+  co_return;
+}
+
+template <class Flow>
+awaitable<void> session<Flow>::perform(protocol::close_upstream a) {
+  logger("session")->warn("sid={} upstream login failed: {}", env_.sid, a.reason);
+  if (upstream_) upstream_->close();
+  upstream_.reset();
+  co_return;
+}
+
+template <class Flow>
+awaitable<void> session<Flow>::perform(protocol::token_rejected) {
+  env_.logins.token_rejected(flow_.user());
+  flow_.on_io_done(true);
+  co_return;
+}
+
+}  // namespace xo::proxy

@@ -1,0 +1,68 @@
+#include "proxy/splice.hpp"
+
+#include <array>
+
+namespace xo::proxy {
+
+namespace {
+
+using clock = std::chrono::steady_clock;
+constexpr std::size_t relay_buffer = 16 * 1024;
+
+struct relay_state {
+  clock::time_point last_activity = clock::now();
+  int finished = 0;  // directions that have ended
+  std::string first_end;
+};
+
+awaitable<void> pump(mail_stream& from, mail_stream& to, std::uint64_t& moved, relay_state& st,
+                     const char* label) {
+  std::array<char, relay_buffer> buf;
+  for (;;) {
+    auto [rec, n] = co_await from.read_some(asio::buffer(buf));
+    if (rec) break;
+    st.last_activity = clock::now();
+    auto [wec, w] = co_await to.write_all(asio::buffer(buf.data(), n));
+    if (wec) break;
+    moved += n;
+  }
+  to.shutdown_send();
+  if (st.finished++ == 0) st.first_end = label;
+}
+
+awaitable<void> watchdog(relay_state& st, relay_options opt) {
+  for (;;) {
+    auto limit = st.finished ? opt.half_close_grace : opt.idle_timeout;
+    auto deadline = st.last_activity + limit;
+    if (clock::now() >= deadline) co_return;
+    co_await sleep_for(std::min<clock::duration>(deadline - clock::now(), std::chrono::seconds(5)));
+  }
+}
+
+}  // namespace
+
+awaitable<relay_result> relay(mail_stream& client, mail_stream& upstream,
+                              std::string client_leftover, std::string upstream_leftover,
+                              relay_options opt) {
+  using namespace boost::asio::experimental::awaitable_operators;
+  relay_result res;
+  if (!upstream_leftover.empty()) {
+    auto [ec, n] = co_await client.write_all(asio::buffer(upstream_leftover));
+    if (ec) co_return relay_result{0, 0, "client write failed"};
+    res.upstream_to_client += n;
+  }
+  if (!client_leftover.empty()) {
+    auto [ec, n] = co_await upstream.write_all(asio::buffer(client_leftover));
+    if (ec) co_return relay_result{0, res.upstream_to_client, "upstream write failed"};
+    res.client_to_upstream += n;
+  }
+  relay_state st;
+  auto r = co_await ((pump(client, upstream, res.client_to_upstream, st, "client closed") &&
+                      pump(upstream, client, res.upstream_to_client, st, "upstream closed")) ||
+                     watchdog(st, opt));
+  if (r.index() == 1) res.end = st.finished ? st.first_end + ", then grace timeout" : "idle timeout";
+  else res.end = st.first_end;
+  co_return res;
+}
+
+}  // namespace xo::proxy

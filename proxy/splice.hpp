@@ -1,0 +1,27 @@
+#pragma once
+// The relay after login: bytes both ways, untouched, until both directions have ended.
+// When one side stops sending, the other side's sending direction is shut down (half-close) and
+// the remaining direction may finish within a grace period. One idle deadline covers both
+// directions (IMAP IDLE may be silent for 29 minutes: RFC 3501 §5.4 asks for >= 30).
+#include "proxy/mail_stream.hpp"
+
+#include <cstdint>
+
+namespace xo::proxy {
+
+struct relay_result {
+  std::uint64_t client_to_upstream = 0;
+  std::uint64_t upstream_to_client = 0;
+  std::string end;  // "client closed", "upstream closed", "idle timeout", ...
+};
+
+struct relay_options {
+  std::chrono::seconds idle_timeout{1800};
+  std::chrono::seconds half_close_grace{60};
+};
+
+awaitable<relay_result> relay(mail_stream& client, mail_stream& upstream,
+                              std::string client_leftover, std::string upstream_leftover,
+                              relay_options opt);
+
+}  // namespace xo::proxy

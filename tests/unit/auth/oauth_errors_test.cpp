@@ -1,0 +1,129 @@
+#include "auth/token_response.hpp"
+
+#include <gtest/gtest.h>
+
+#include <fmt/format.h>
+
+namespace xo::auth {
+namespace {
+
+struct row {
+  unsigned status;
+  std::string_view error;
+  long aadsts;
+  failure_kind expected;
+};
+
+constexpr auto T = failure_kind::transient;
+constexpr auto C = failure_kind::config;
+constexpr auto R = failure_kind::reauth;
+constexpr auto B = failure_kind::bad_password;
+
+// protocol-notes §1.6, row by row.
+const row table[] = {
+    // IdP trouble, throttling, no answer at all.
+    {500, "", 0, T},
+    {502, "", 0, T},
+    {503, "temporarily_unavailable", 0, T},
+    {504, "invalid_client", 7000215, T},  // 5xx wins over whatever the body says
+    {429, "", 0, T},
+    {429, "invalid_request", 0, T},
+    {0, "network", 0, T},
+    {0, "timeout", 0, T},
+    {400, "temporarily_unavailable", 0, T},
+    {400, "server_error", 0, T},
+    {200, "invalid_response", 0, T},
+    {400, "invalid_grant", 50196, T},
+    {400, "invalid_request", 90055, T},
+    {400, "invalid_request", 90024, T},
+    {400, "invalid_request", 50033, T},
+    {400, "invalid_request", 90006, T},
+    {400, "invalid_request", 90033, T},
+    {400, "invalid_request", 90090, T},
+    // Configuration: by error, then by code.
+    {401, "invalid_client", 7000215, C},
+    {401, "invalid_client", 7000222, C},
+    {401, "invalid_client", 70002, C},
+    {401, "invalid_client", 0, C},
+    {400, "unauthorized_client", 700016, C},
+    {400, "invalid_scope", 70011, C},
+    {400, "invalid_request", 90002, C},
+    {400, "invalid_request", 50194, C},
+    {400, "invalid_request", 9001023, C},
+    {400, "invalid_request", 700027, C},
+    {400, "invalid_request", 50012, C},
+    {400, "invalid_request", 7000218, C},
+    {400, "invalid_request", 700025, C},
+    {400, "invalid_request", 700016, C},
+    {400, "invalid_request", 700011, C},
+    {400, "invalid_request", 70011, C},
+    {400, "invalid_request", 28002, C},
+    {400, "invalid_request", 700022, C},
+    {400, "invalid_request", 50011, C},
+    {400, "invalid_request", 70004, C},
+    {400, "invalid_grant", 700084, C},
+    {400, "invalid_grant", 7000215, C},
+    // Wrong password (ROPC) and lockout.
+    {400, "invalid_grant", 50126, B},
+    {400, "invalid_grant", 50053, B},
+    {400, "invalid_request", 50053, B},
+    // Grant unusable until a person acts.
+    {400, "invalid_grant", 50173, R},
+    {400, "invalid_grant", 70008, R},
+    {400, "invalid_grant", 700082, R},
+    {400, "invalid_grant", 50076, R},
+    {400, "invalid_grant", 50079, R},
+    {400, "invalid_grant", 65001, R},
+    {400, "invalid_grant", 53003, R},
+    {400, "invalid_grant", 50055, R},
+    {400, "invalid_grant", 50057, R},
+    {400, "invalid_grant", 70043, R},
+    {400, "invalid_grant", 0, R},
+    {400, "invalid_grant", 123456, R},  // unknown invalid_grant
+    {400, "consent_required", 65001, R},
+    {400, "interaction_required", 50076, R},
+    {400, "interaction_required", 0, R},
+    {400, "invalid_request", 50057, R},
+    {400, "expired_token", 0, R},
+    // Unknown 4xx: an admin must look.
+    {400, "invalid_request", 0, C},
+    {400, "invalid_request", 999999, C},
+    {403, "http_403", 0, C},
+    {404, "http_404", 0, C},
+    {400, "something_new", 0, C},
+};
+
+TEST(OauthErrors, ClassificationTable) {
+  for (const auto& r : table) {
+    EXPECT_EQ(classify(r.status, r.error, r.aadsts), r.expected)
+        << "status=" << r.status << " error=" << r.error << " aadsts=" << r.aadsts
+        << " got=" << to_string(classify(r.status, r.error, r.aadsts));
+  }
+}
+
+TEST(OauthErrors, EveryTableCodeReachesTheSummary) {
+  for (const auto& r : table) {
+    if (r.aadsts == 0 || r.error.empty()) continue;
+    http_response res;
+    res.status = r.status;
+    res.body = fmt::format(
+        R"({{"error":"{}","error_description":"AADSTS{}: Something.\r\nTrace ID: x","error_codes":[{}]}})",
+        r.error, r.aadsts, r.aadsts);
+    auto t = parse_token_response(http_outcome{res, {}}, steady::now(),
+                                  std::chrono::system_clock::now());
+    ASSERT_FALSE(t.ok());
+    EXPECT_EQ(t.error.kind, r.expected) << res.body;
+    EXPECT_EQ(t.error.aadsts, r.aadsts);
+    EXPECT_EQ(t.error.summary, fmt::format("{} AADSTS{}: Something.", r.error, r.aadsts));
+  }
+}
+
+TEST(OauthErrors, KindNames) {
+  EXPECT_EQ(to_string(failure_kind::transient), "transient");
+  EXPECT_EQ(to_string(failure_kind::reauth), "reauth");
+  EXPECT_EQ(to_string(failure_kind::bad_password), "bad_password");
+  EXPECT_EQ(to_string(failure_kind::config), "config");
+}
+
+}  // namespace
+}  // namespace xo::auth
