@@ -1,10 +1,10 @@
 // The model's small behaviours declared in config/config.hpp (names, lookups, diagnostics) and
 // describe(), the summary printed by `xoauth-proxy check`. Nothing here prints a secret or a
 // password hash: a provider's secret is shown as "[set]" plus where it came from.
-#include <fmt/format.h>
-
 #include "config/loader.hpp"
 #include "config/reader.hpp"
+
+#include <fmt/format.h>
 
 namespace xo::config {
 
@@ -136,10 +136,9 @@ void describe_provider(std::string& out, const provider& p) {
   out += fmt::format("    tenant:         {}\n", p.tenant);
   out += fmt::format("    client_id:      {}\n", p.client_id);
   out += fmt::format("    token endpoint: {}\n", p.token_endpoint());
-  out +=
-      fmt::format("    client secret:  {}\n",
-                  p.client_secret.empty() ? std::string("[not set]")
-                                          : fmt::format("[set] from {}", p.client_secret_origin));
+  out += fmt::format("    client secret:  {}\n",
+                     p.client_secret.empty() ? std::string("[not set]")
+                                             : fmt::format("[set] ({})", p.client_secret_origin));
   out += fmt::format("    scopes:         {}\n",
                      p.scopes.empty() ? "(the flow's default)" : join(p.scopes));
   if (!p.ca_file.empty()) out += fmt::format("    ca_file:        {}\n", p.ca_file);

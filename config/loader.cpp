@@ -3,12 +3,12 @@
 // load_file or load_string.
 #include "config/loader.hpp"
 
+#include "config/reader.hpp"
+
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
 #include <system_error>
-
-#include "config/reader.hpp"
 
 namespace xo::config {
 
@@ -57,8 +57,12 @@ std::optional<host_port> upstream_address(const located<std::string>& v, std::st
   return detail::parse_host_port(v, std::move(key), address_kind::upstream, c);
 }
 
-std::optional<std::string> path_in_config_dir(const located<std::string>& v, const std::string&,
+std::optional<std::string> path_in_config_dir(const located<std::string>& v, std::string key,
                                               load_context& c) {
+  if (v.value.empty()) {
+    c.error(v.where, std::move(key), "must not be empty");
+    return std::nullopt;
+  }
   return c.resolve_path(v.value);
 }
 
@@ -94,16 +98,20 @@ void secret_from_file(const located<std::string>& file, const positions& pos, pr
   if (!path) return;
   int err = 0;
   auto content = detail::read_file(*path, max_secret_file, err);
-  if (content) {
-    while (!content->empty() && (content->back() == '\n' || content->back() == '\r'))
-      content->pop_back();
+  if (!content) {
+    c.error(file.where, key,
+            fmt::format("cannot read '{}': {}", *path, std::generic_category().message(err)));
+    return;
   }
-  const char* problem = !content                            ? "cannot read '{}'"
-                        : content->size() > max_secret_file ? "'{}' is larger than 64 KiB"
-                        : content->empty()                  ? "'{}' is empty"
-                                                            : nullptr;
-  if (problem) {
-    c.error(file.where, key, fmt::format(fmt::runtime(problem), *path));
+  if (content->size() > max_secret_file) {
+    c.error(file.where, key, fmt::format("'{}' is larger than 64 KiB", *path));
+    return;
+  }
+  while (!content->empty() && (content->back() == '\n' || content->back() == '\r')) {
+    content->pop_back();
+  }
+  if (content->empty()) {
+    c.error(file.where, key, fmt::format("'{}' is empty", *path));
     return;
   }
   p.client_secret = secret(std::move(*content));
@@ -234,15 +242,9 @@ void read_config(const toml::table& t, config& cfg, load_context& c) {
   read_proxy(root, cfg.proxy);
   entry_positions all;
   for (reader& r : root.table_array("provider")) read_provider(r, cfg, all);
-  for (reader& r : root.table_array("listener")) read_listener(r, cfg, all);
-  for (reader& r : root.table_array("account")) read_account(r, cfg, all);
+  for (reader& r : root.table_array("listener", need::required)) read_listener(r, cfg, all);
+  for (reader& r : root.table_array("account", need::required)) read_account(r, cfg, all);
   root.finish();
-  for (std::string_view section : {"listener", "account"}) {
-    if (!root.has(section)) {
-      c.error({c.file(), 0, 0}, std::string(section),
-              fmt::format("at least one [[{}]] is required", section));
-    }
-  }
   detail::check_references(cfg, all, c);
 }
 

@@ -1,15 +1,17 @@
 // The shape pass's tools: a TOML table reader that checks types, required keys and unknown keys,
-// plus ${VAR} expansion, key suggestions and the per-load diagnostic list.
+// plus ${VAR} expansion, key suggestions, file access and the per-load diagnostic list.
 #include "config/reader.hpp"
 
 #include <fcntl.h>
-#include <fmt/format.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include <fmt/format.h>
 
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
+#include <system_error>
 
 namespace xo::config::detail {
 
@@ -157,15 +159,24 @@ std::optional<reader> reader::table(std::string_view key_name) {
   return reader(*t, key(key_name), *ctx_);
 }
 
-std::vector<reader> reader::table_array(std::string_view key_name) {
+std::vector<reader> reader::table_array(std::string_view key_name, need n) {
   std::vector<reader> out;
-  const toml::node* node = lookup(key_name, need::optional);
-  if (!node) return out;
-  const auto* arr = node->as_array();
-  if (!arr) {
+  known_.emplace_back(key_name);
+  const toml::node* node = table_->get(key_name);
+  const auto* arr = node ? node->as_array() : nullptr;
+  if (node && !arr) {
     wrong_type(key_name, *node, fmt::format("an array of tables ([[{}]])", key_name));
     return out;
   }
+  if (n == need::required && (!arr || arr->empty())) {
+    // The root table's own position (1:1) would point at whatever comes first: give none.
+    source_pos at = arr               ? position_of(arr->source(), ctx_->file())
+                    : prefix_.empty() ? source_pos{ctx_->file(), 0, 0}
+                                      : where_;
+    ctx_->error(std::move(at), key(key_name),
+                fmt::format("at least one [[{}]] is required", key_name));
+  }
+  if (!arr) return out;
   for (std::size_t i = 0; i < arr->size(); ++i) {
     const toml::node& el = *arr->get(i);
     std::string el_key = key(fmt::format("{}[{}]", key_name, i + 1));
@@ -328,6 +339,25 @@ std::optional<std::string> read_file(const std::string& path, std::size_t limit,
   ::close(fd);
   data.resize(used);
   return data;
+}
+
+std::optional<std::string> readable_file(const located<std::string>& v, std::string key,
+                                         load_context& c) {
+  std::string path = c.resolve_path(v.value);
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    c.error(v.where, std::move(key),
+            fmt::format("cannot read '{}': {}", path, std::generic_category().message(errno)));
+    return std::nullopt;
+  }
+  struct stat st {};
+  bool regular = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+  ::close(fd);
+  if (!regular) {
+    c.error(v.where, std::move(key), fmt::format("'{}' is not a regular file", path));
+    return std::nullopt;
+  }
+  return path;
 }
 
 // ---- positions ----

@@ -7,6 +7,8 @@
 //  - Diagnostics never contain the value of a secret (client_secret, password_hash): type errors
 //    name the expected and found types only, and value checks on secrets describe the rule.
 //  - Diagnostic keys are dotted paths with 1-based indexes: "listener[2].upstream".
+#include "config/config.hpp"
+
 #include <toml++/toml.h>
 
 #include <cstdint>
@@ -16,8 +18,6 @@
 #include <string_view>
 #include <utility>
 #include <vector>
-
-#include "config/config.hpp"
 
 namespace xo::config::detail {
 
@@ -34,7 +34,6 @@ class load_context {
 
   void error(source_pos at, std::string key, std::string message);
   void warning(source_pos at, std::string key, std::string message);
-  bool has_errors() const noexcept { return !errors_.empty(); }
   // Sorted by position (stable; diagnostics without a position last). Leaves the lists empty.
   std::vector<diagnostic> take_errors();
   std::vector<diagnostic> take_warnings();
@@ -76,9 +75,9 @@ class reader {
   std::optional<located<std::vector<std::string>>> string_array(std::string_view key);
   // An optional sub-table `[key]`.
   std::optional<reader> table(std::string_view key);
-  // `[[key]]`: one reader per element, with prefix "key[i]" (1-based). Absence is not reported
-  // here; the caller decides whether an empty result is an error.
-  std::vector<reader> table_array(std::string_view key);
+  // `[[key]]`: one reader per element, with prefix "key[i]" (1-based). When required, an absent
+  // or empty array is reported as "at least one [[key]] is required".
+  std::vector<reader> table_array(std::string_view key, need n = need::optional);
 
   // Reports every key no getter asked for: "unknown key 'lisen' (did you mean 'listen'?)".
   void finish();
@@ -125,6 +124,9 @@ bool iequals(std::string_view a, std::string_view b) noexcept;  // ASCII case-in
 // std::nullopt with an errno value in `err` when it cannot be opened or read, or is not a regular
 // file (EISDIR / EINVAL).
 std::optional<std::string> read_file(const std::string& path, std::size_t limit, int& err);
+// Resolves `v` against the config directory and checks that it names a readable regular file.
+std::optional<std::string> readable_file(const located<std::string>& v, std::string key,
+                                         load_context& c);
 
 // ---- meaning pass (validate.cpp) ----
 
@@ -132,7 +134,6 @@ std::optional<std::string> read_file(const std::string& path, std::size_t limit,
 // Cross-entry checks use only keys present here, so one mistake is reported once.
 class positions {
  public:
-  positions() = default;
   positions(std::string key, source_pos table) : key_(std::move(key)), table_(std::move(table)) {}
   void set(std::string_view k, source_pos at);
   bool has(std::string_view k) const;
@@ -145,7 +146,8 @@ class positions {
   std::vector<std::pair<std::string, source_pos>> keys_;
 };
 
-// Value checks; each reports its own error at `v.where` under `key` and returns std::nullopt.
+// Value checks; each reports its own error at `v.where` under `key` and returns std::nullopt
+// (or false).
 std::optional<log_format> parse_log_format(const located<std::string>& v, std::string key,
                                            load_context& c);
 std::optional<std::string> parse_log_level(const located<std::string>& v, std::string key,
@@ -158,7 +160,7 @@ std::optional<protocol_kind> parse_protocol(const located<std::string>& v, std::
                                             load_context& c);
 std::optional<flow_kind> parse_flow(const located<std::string>& v, std::string key,
                                     load_context& c);
-// Seconds: positive and at most a week; idle_timeout also >= 1800.
+// Seconds: at least `minimum` (>= 1) and at most a week.
 std::optional<std::chrono::seconds> parse_seconds(const located<std::int64_t>& v, std::string key,
                                                   std::int64_t minimum, load_context& c);
 enum class address_kind { listen, upstream };
@@ -170,9 +172,6 @@ bool check_password_hash(const located<std::string>& v, std::string key, load_co
 bool check_tenant(const located<std::string>& v, std::string key, load_context& c);
 std::optional<std::string> parse_authority(const located<std::string>& v, std::string key,
                                            load_context& c);
-// Resolves `v` against the config directory and checks that it names a readable regular file.
-std::optional<std::string> readable_file(const located<std::string>& v, std::string key,
-                                         load_context& c);
 
 // Checks across entries: unique provider names and logins, account.provider references, unique
 // listen addresses, and the plaintext-on-the-network warning. Vectors are parallel to `cfg`'s.

@@ -1,19 +1,15 @@
-// The meaning pass: value checks on single keys (enums, addresses, logins, hashes, files, secrets)
+// The meaning pass: value checks on single keys (enums, addresses, logins, hashes, URLs)
 // and checks across entries (unique names, references, listen addresses). Every function reports
 // its own diagnostics and lets the caller carry on, so one load reports every mistake.
+#include "config/reader.hpp"
+
 #include <arpa/inet.h>
-#include <fcntl.h>
+
 #include <fmt/format.h>
-#include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <array>
-#include <cerrno>
 #include <charconv>
-#include <system_error>
-
-#include "config/reader.hpp"
 
 namespace xo::config::detail {
 
@@ -114,8 +110,6 @@ bool is_loopback(const std::string& host) {
   if (inet_pton(AF_INET, host.c_str(), &a4) == 1) return (ntohl(a4.s_addr) >> 24) == 127;
   return host == "::1";
 }
-
-bool is_wildcard_address(const std::string& host) { return host == "0.0.0.0" || host == "::"; }
 
 // An address part: no whitespace or control characters, no '@'.
 bool address_part_ok(std::string_view s) {
@@ -305,30 +299,11 @@ std::optional<std::string> parse_authority(const located<std::string>& v, std::s
   return std::nullopt;
 }
 
-// ---- files and secrets ----
-
-std::optional<std::string> readable_file(const located<std::string>& v, std::string key,
-                                         load_context& c) {
-  std::string path = c.resolve_path(v.value);
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    c.error(v.where, std::move(key),
-            fmt::format("cannot read '{}': {}", path, std::generic_category().message(errno)));
-    return std::nullopt;
-  }
-  struct stat st {};
-  bool regular = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
-  ::close(fd);
-  if (!regular) {
-    c.error(v.where, std::move(key), fmt::format("'{}' is not a regular file", path));
-    return std::nullopt;
-  }
-  return path;
-}
-
 // ---- across entries ----
 
 namespace {
+
+bool is_wildcard_address(const std::string& host) { return host == "0.0.0.0" || host == "::"; }
 
 void check_providers(const config& cfg, const entry_positions& pos, load_context& c) {
   for (std::size_t i = 0; i < cfg.providers.size(); ++i) {
@@ -368,9 +343,13 @@ void check_accounts(const config& cfg, const entry_positions& pos, load_context&
   }
 }
 
-bool same_socket(const host_port& a, const host_port& b) {
-  return a.port == b.port &&
-         (a.host == b.host || is_wildcard_address(a.host) || is_wildcard_address(b.host));
+// Two listen addresses that cannot both be bound: the same address, or a wildcard (0.0.0.0, ::)
+// and an address of the same family, on the same port.
+bool clash(const host_port& a, const host_port& b) {
+  const bool same_family =
+      (a.host.find(':') == std::string::npos) == (b.host.find(':') == std::string::npos);
+  return a.port == b.port && (a.host == b.host || (same_family && (is_wildcard_address(a.host) ||
+                                                                   is_wildcard_address(b.host))));
 }
 
 void check_listeners(const config& cfg, const entry_positions& pos, load_context& c) {
@@ -379,11 +358,12 @@ void check_listeners(const config& cfg, const entry_positions& pos, load_context
     const positions& lp = pos.listeners[i];
     if (!lp.has("listen")) continue;
     for (std::size_t j = 0; l.listen.port != 0 && j < i; ++j) {
-      if (!pos.listeners[j].has("listen") || !same_socket(cfg.listeners[j].listen, l.listen))
-        continue;
+      const host_port& other = cfg.listeners[j].listen;
+      if (!pos.listeners[j].has("listen") || !clash(other, l.listen)) continue;
+      std::string also = other.host == l.listen.host ? "" : fmt::format(" ({})", other.to_string());
       c.error(lp.of("listen"), lp.key("listen"),
-              fmt::format("{} is already used by listener[{}] at line {}", l.listen.to_string(),
-                          j + 1, pos.listeners[j].of("listen").line));
+              fmt::format("{} is already used by listener[{}]{} at line {}", l.listen.to_string(),
+                          j + 1, also, pos.listeners[j].of("listen").line));
       break;
     }
     if (l.tls == tls_mode::none && !is_loopback(l.listen.host)) {

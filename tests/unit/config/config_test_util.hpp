@@ -1,6 +1,8 @@
 #pragma once
 // Helpers shared by the config unit tests: a scratch directory, environment variables that are
 // restored afterwards, and shortcuts that turn a load_result into comparable strings.
+#include "config/loader.hpp"
+
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
@@ -10,8 +12,6 @@
 #include <stdexcept>
 #include <string>
 #include <vector>
-
-#include "config/loader.hpp"
 
 namespace xo::config::test {
 

@@ -102,7 +102,7 @@ password_hash = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2g"
                    "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token\n"),
             std::string::npos)
       << d;
-  EXPECT_NE(d.find("    client secret:  [set] from environment variable XO_TEST_SECRET\n"),
+  EXPECT_NE(d.find("    client secret:  [set] (environment variable XO_TEST_SECRET)\n"),
             std::string::npos)
       << d;
   EXPECT_NE(d.find("  imap [::1]:1144 (tls none) -> imap.example.com:143 (tls starttls)\n"),
