@@ -53,8 +53,11 @@ awaitable<protocol::auth_outcome> login_service::authorize(std::string sid,
   const config::account* acct = cfg_.find_account(req.user);
   bool authzid_ok = req.authzid.empty() || iequals(req.authzid, req.user);
   // Unknown accounts pay for a dummy hash too, so both failures take similar time.
-  bool password_ok = co_await checker_.verify(acct ? acct->password_hash : std::string{},
-                                              std::move(req.password));
+  // Keep the argument in a named local: GCC 12 double-destroys a temporary that is built by a
+  // conditional expression inside a co_await expression.
+  std::string hash;
+  if (acct) hash = acct->password_hash;
+  bool password_ok = co_await checker_.verify(std::move(hash), std::move(req.password));
   if (!acct || !password_ok || !authzid_ok) {
     log->warn("sid={} login failed user={:?} reason={}", sid, req.user,
               !acct ? "unknown account" : !password_ok ? "wrong password" : "authzid not permitted");
