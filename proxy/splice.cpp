@@ -10,9 +10,11 @@ using clock = std::chrono::steady_clock;
 constexpr std::size_t relay_buffer = 16 * 1024;
 
 struct relay_state {
+  explicit relay_state(asio::any_io_executor ex) : wake(std::move(ex)) {}
   clock::time_point last_activity = clock::now();
   int finished = 0;  // directions that have ended
   std::string first_end;
+  asio::steady_timer wake;  // the watchdog's timer; poked when a direction ends
 };
 
 awaitable<void> pump(mail_stream& from, mail_stream& to, std::uint64_t& moved, relay_state& st,
@@ -28,14 +30,20 @@ awaitable<void> pump(mail_stream& from, mail_stream& to, std::uint64_t& moved, r
   }
   to.shutdown_send();
   if (st.finished++ == 0) st.first_end = label;
+  st.wake.cancel();  // the watchdog switches to the half-close grace period
 }
 
+// Sleeps until the idle deadline and re-checks; an active session costs one wake-up per
+// idle_timeout, an idle one exactly one (no polling: thousands of IDLE sessions stay at ~0% CPU).
 awaitable<void> watchdog(relay_state& st, relay_options opt) {
   for (;;) {
     auto limit = st.finished ? opt.half_close_grace : opt.idle_timeout;
     auto deadline = st.last_activity + limit;
     if (clock::now() >= deadline) co_return;
-    co_await sleep_for(std::min<clock::duration>(deadline - clock::now(), std::chrono::seconds(5)));
+    st.wake.expires_at(deadline);
+    co_await st.wake.async_wait(use_nothrow);
+    auto cs = co_await asio::this_coro::cancellation_state;
+    if (cs.cancelled() != asio::cancellation_type::none) co_return;
   }
 }
 
@@ -56,7 +64,7 @@ awaitable<relay_result> relay(mail_stream& client, mail_stream& upstream,
     if (ec) co_return relay_result{0, res.upstream_to_client, "upstream write failed"};
     res.client_to_upstream += n;
   }
-  relay_state st;
+  relay_state st{co_await asio::this_coro::executor};
   auto r = co_await ((pump(client, upstream, res.client_to_upstream, st, "client closed") &&
                       pump(upstream, client, res.upstream_to_client, st, "upstream closed")) ||
                      watchdog(st, opt));
