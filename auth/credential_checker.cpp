@@ -4,11 +4,11 @@
 
 #include "auth/password_hash.hpp"
 
-#include <boost/asio/thread_pool.hpp>
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
+#include <boost/asio/thread_pool.hpp>
 
 #include <algorithm>
 #include <atomic>
@@ -69,8 +69,8 @@ std::string credential_checker::impl::digest(const std::string& encoded_hash,
   unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   const auto in = input.reveal();
-  if (!HMAC(EVP_sha256(), hmac_key, sizeof hmac_key, reinterpret_cast<const unsigned char*>(in.data()),
-            in.size(), md, &len))
+  if (!HMAC(EVP_sha256(), hmac_key, sizeof hmac_key,
+            reinterpret_cast<const unsigned char*>(in.data()), in.size(), md, &len))
     throw std::runtime_error("HMAC failed");
   return std::string(reinterpret_cast<const char*>(md), len);
 }
@@ -107,7 +107,7 @@ const std::string& credential_checker::impl::dummy_hash() {
 }
 
 awaitable<bool> credential_checker::impl::slow_verify(impl* self, std::string encoded_hash,
-                                                     secret password) {
+                                                      secret password) {
   ++self->slow;
   if (encoded_hash.empty()) {
     (void)verify_password(self->dummy_hash(), password);

@@ -4,15 +4,16 @@
 
 #include "common/log.hpp"
 
+#include <openssl/crypto.h>
+#include <openssl/ssl.h>
+#include <openssl/x509_vfy.h>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <boost/url/encode.hpp>
 #include <boost/url/parse.hpp>
 #include <boost/url/rfc/unreserved_chars.hpp>
-#include <openssl/crypto.h>
-#include <openssl/ssl.h>
-#include <openssl/x509_vfy.h>
 
+#include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <stdexcept>
@@ -32,7 +33,9 @@ constexpr std::chrono::seconds shutdown_grace{2};
 
 std::shared_ptr<spdlog::logger> log() { return logger("auth"); }
 
-http_outcome fail(std::string what) { return http_outcome{std::nullopt, http_failure{std::move(what)}}; }
+http_outcome fail(std::string what) {
+  return http_outcome{std::nullopt, http_failure{std::move(what)}};
+}
 
 // x-ms-request-id is a GUID; anything else is cut down so a hostile server cannot inject log lines.
 std::string safe_id(std::string_view v) {
@@ -143,8 +146,9 @@ awaitable<http_outcome> round_trip(ssl_stream* s, http::request<http::string_bod
 
 // Best effort: the response is complete. Servers often close without close_notify
 // (stream_truncated), which is harmless here because the body length was framed by HTTP.
-awaitable<void> close_tls(ssl_stream* s) {
-  beast::get_lowest_layer(*s).expires_after(shutdown_grace);
+// Bounded by the request deadline, and by a short grace so a silent peer costs little.
+awaitable<void> close_tls(ssl_stream* s, steady::time_point deadline) {
+  beast::get_lowest_layer(*s).expires_at(std::min(deadline, steady::now() + shutdown_grace));
   auto [ec] = co_await s->async_shutdown(use_nothrow);
   if (ec && ec != ssl::error::stream_truncated && ec != asio::error::eof &&
       ec != beast::error::timeout)
@@ -163,7 +167,8 @@ struct https_client::impl {
     if (!ca_file.empty()) {
       error_code ec;
       ctx.load_verify_file(ca_file, ec);
-      if (ec) throw std::runtime_error(fmt::format("cannot load CA file {}: {}", ca_file, ec.message()));
+      if (ec)
+        throw std::runtime_error(fmt::format("cannot load CA file {}: {}", ca_file, ec.message()));
     }
   }
 
@@ -194,17 +199,17 @@ awaitable<http_outcome> https_client::impl::perform(http::verb verb, std::string
   req.prepare_payload();
   auto out = co_await round_trip(&stream, &req);
   OPENSSL_cleanse(req.body().data(), req.body().size());  // the copy carried credentials
-  if (out.response) co_await close_tls(&stream);
+  if (out.response) co_await close_tls(&stream, deadline);
 
   const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(steady::now() - start);
   const auto path = std::string_view{u->target}.substr(0, u->target.find('?'));
   if (out.response)
-    log()->debug("https: {} {}{} -> {} in {} ms (request_id={})", std::string_view{http::to_string(verb)},
-                 host_header(*u), path, out.response->status, ms.count(),
-                 out.response->request_id);
+    log()->debug("https: {} {}{} -> {} in {} ms (request_id={})",
+                 std::string_view{http::to_string(verb)}, host_header(*u), path,
+                 out.response->status, ms.count(), out.response->request_id);
   else
-    log()->debug("https: {} {}{} failed after {} ms: {}", std::string_view{http::to_string(verb)}, host_header(*u),
-                 path, ms.count(), out.failure.what);
+    log()->debug("https: {} {}{} failed after {} ms: {}", std::string_view{http::to_string(verb)},
+                 host_header(*u), path, ms.count(), out.failure.what);
   co_return out;
 }
 
@@ -231,18 +236,26 @@ std::optional<https_url> parse_https_url(std::string_view url) {
   if (u.scheme_id() != boost::urls::scheme::https || u.has_userinfo()) return std::nullopt;
   https_url out;
   switch (u.host_type()) {
-    case boost::urls::host_type::name: out.host = u.host_address(); break;
+    case boost::urls::host_type::name:
+      out.host = u.host_address();
+      break;
     case boost::urls::host_type::ipv4:
     case boost::urls::host_type::ipv6:
       out.host = u.host_address();
       out.ip_literal = true;
       break;
-    default: return std::nullopt;
+    default:
+      return std::nullopt;
   }
   if (out.host.empty() || out.host.find('\0') != std::string::npos) return std::nullopt;
   if (u.has_port()) {
-    if (u.port().empty() || u.port_number() == 0) return std::nullopt;
-    out.port = u.port_number();
+    // port_number() wraps values above 65535, so the digits are checked here.
+    const auto digits = u.port();
+    unsigned port = 0;
+    auto [p, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), port);
+    if (ec != std::errc{} || p != digits.data() + digits.size() || port == 0 || port > 65535)
+      return std::nullopt;
+    out.port = static_cast<std::uint16_t>(port);
   }
   out.target = u.encoded_path().empty() ? "/" : std::string(u.encoded_path());
   if (u.has_query()) out.target += "?" + std::string(u.encoded_query());

@@ -11,10 +11,14 @@ namespace xo::auth {
 
 std::string_view to_string(failure_kind k) {
   switch (k) {
-    case failure_kind::transient: return "transient";
-    case failure_kind::reauth: return "reauth";
-    case failure_kind::bad_password: return "bad_password";
-    case failure_kind::config: return "config";
+    case failure_kind::transient:
+      return "transient";
+    case failure_kind::reauth:
+      return "reauth";
+    case failure_kind::bad_password:
+      return "bad_password";
+    case failure_kind::config:
+      return "config";
   }
   return "unknown";
 }
@@ -37,17 +41,15 @@ constexpr long bad_password_codes[] = {50126, 50053};
 // App registration, credential, tenant, scope or redirect problems: an admin must fix them.
 // 700084 is the SPA refresh-token limit: the app is registered as the wrong type.
 // 650056/650057: the scope is not in the app's API permissions.
-constexpr long config_codes[] = {
-    7000215, 7000222, 70002,  700027, 50012,  7000218, 700025, 700016,
-    700011,  90002,   50194,  9001023, 90124, 90130,  70011,  28002,
-    700022,  50011,   70004,  700084, 650056, 650057, 90014,  900144};
+constexpr long config_codes[] = {7000215, 7000222, 70002, 700027,  50012,  7000218, 700025, 700016,
+                                 700011,  90002,   50194, 9001023, 90124,  90130,   70011,  28002,
+                                 700022,  50011,   70004, 700084,  650056, 650057,  90014,  900144};
 
 // The grant is unusable until a person acts: expired/revoked refresh tokens, MFA, Conditional
 // Access, disabled or expired accounts, missing consent, a broken interactive exchange.
-constexpr long reauth_codes[] = {
-    50173, 70008, 700082, 50076,  50079,  50074,  50072,  53003,  530032,
-    50131, 530035, 50055, 50144,  50057,  70043,  50089,  50132,  50133,
-    65001, 65004, 90094,  54005,  501481, 700005, 50078};
+constexpr long reauth_codes[] = {50173, 70008,  700082, 50076, 50079,  50074,  50072, 53003, 530032,
+                                 50131, 530035, 50055,  50144, 50057,  70043,  50089, 50132, 50133,
+                                 65001, 65004,  90094,  54005, 501481, 700005, 50078};
 
 bool is_one_of(std::string_view s, std::initializer_list<std::string_view> l) {
   return std::find(l.begin(), l.end(), s) != l.end();
@@ -67,9 +69,9 @@ failure_kind classify(unsigned http_status, std::string_view error, long aadsts)
   if (is_one_of(error, {"invalid_client", "unauthorized_client", "invalid_scope",
                         "unsupported_grant_type"}))
     return failure_kind::config;
-  if (is_one_of(error, {"consent_required", "interaction_required", "login_required",
-                        "expired_token", "authorization_declined", "bad_verification_code",
-                        "access_denied"}))
+  if (is_one_of(error,
+                {"consent_required", "interaction_required", "login_required", "expired_token",
+                 "authorization_declined", "bad_verification_code", "access_denied"}))
     return failure_kind::reauth;
 
   if (contains(bad_password_codes, aadsts)) return failure_kind::bad_password;

@@ -39,9 +39,9 @@ std::string hash_password(const secret& password, argon2_params p) {
   unsigned char salt[salt_bytes];
   if (RAND_bytes(salt, sizeof salt) != 1) throw std::runtime_error("RAND_bytes failed");
   const auto pw = password.reveal();
-  std::string out(argon2_encodedlen(p.t_cost, p.m_cost_kib, p.parallelism, salt_bytes, hash_bytes,
-                                    Argon2_id),
-                  '\0');
+  std::string out(
+      argon2_encodedlen(p.t_cost, p.m_cost_kib, p.parallelism, salt_bytes, hash_bytes, Argon2_id),
+      '\0');
   const int rc = argon2id_hash_encoded(p.t_cost, p.m_cost_kib, p.parallelism, pw.data(), pw.size(),
                                        salt, salt_bytes, hash_bytes, out.data(), out.size());
   if (rc != ARGON2_OK)

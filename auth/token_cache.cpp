@@ -36,13 +36,13 @@ struct token_cache::entry {
   explicit entry(const asio::any_io_executor& ex) : wake(ex, steady::time_point::max()) {}
 
   std::optional<access_token> token;
-  steady::duration lifetime{};                // of the current token, as seen when it arrived
-  std::optional<token_error> failure;         // of the last fetch, if it failed
+  steady::duration lifetime{};         // of the current token, as seen when it arrived
+  std::optional<token_error> failure;  // of the last fetch, if it failed
   steady::time_point failed_at{};
   bool refreshing = false;
-  std::uint64_t started = 0;                  // fetches started
-  std::uint64_t finished = 0;                 // fetches finished
-  asio::steady_timer wake;                    // never expires; cancel() wakes every waiter
+  std::uint64_t started = 0;   // fetches started
+  std::uint64_t finished = 0;  // fetches finished
+  asio::steady_timer wake;     // never expires; cancel() wakes every waiter
 };
 
 token_cache::token_cache(asio::any_io_executor ex, options opt, clock_fn now)
@@ -60,8 +60,8 @@ namespace {
 
 // A token is handed out while more than the margin is left. The margin is capped at half the
 // token's lifetime, so a provider issuing short-lived tokens does not cause a fetch per login.
-bool fresh(const std::optional<access_token>& t, steady::duration lifetime,
-           steady::duration margin, steady::time_point now) {
+bool fresh(const std::optional<access_token>& t, steady::duration lifetime, steady::duration margin,
+           steady::time_point now) {
   return t && t->expires_at - now >= std::min(margin, lifetime / 2);
 }
 
@@ -74,6 +74,30 @@ token_result answer_failure(const std::optional<access_token>& t, const token_er
   return r;
 }
 
+// How long a failed fetch is answered from memory: longer for config faults (an admin must act;
+// hammering the IdP only gets the app throttled), and never shorter than the IdP's Retry-After.
+steady::duration hold_for(const token_error& f, const token_cache::options& opt) {
+  steady::duration hold =
+      f.kind == failure_kind::config ? opt.config_failure_hold : opt.failure_hold;
+  if (f.retry_after && *f.retry_after > hold) hold = *f.retry_after;
+  return hold;
+}
+
+// co_spawn completion for fetches: log, never rethrow into io_context::run().
+struct log_fetch_exception {
+  std::string key;
+  void operator()(std::exception_ptr ep) const {
+    if (!ep) return;
+    try {
+      std::rethrow_exception(ep);
+    } catch (const std::exception& ex) {
+      log()->error("token fetch for {}: {}", key, ex.what());
+    } catch (...) {
+      log()->error("token fetch for {}: unknown exception", key);
+    }
+  }
+};
+
 }  // namespace
 
 awaitable<token_result> token_cache::get(std::string key, token_source& source) {
@@ -81,26 +105,12 @@ awaitable<token_result> token_cache::get(std::string key, token_source& source) 
   const auto now = now_();
   if (fresh(e.token, e.lifetime, opt_.refresh_margin, now)) co_return ok(*e.token);
   if (!e.refreshing) {
-    if (e.failure) {
-      auto hold = e.failure->kind == failure_kind::config
-                      ? steady::duration{opt_.config_failure_hold}
-                      : steady::duration{opt_.failure_hold};
-      if (e.failure->retry_after && *e.failure->retry_after > hold) hold = *e.failure->retry_after;
-      if (now - e.failed_at < hold) co_return answer_failure(e.token, *e.failure, now);
-    }
+    if (e.failure && now - e.failed_at < hold_for(*e.failure, opt_))
+      co_return answer_failure(e.token, *e.failure, now);
     e.refreshing = true;
     ++e.started;
     // Detached from the caller: a client hanging up must not abort a fetch others wait on.
-    asio::co_spawn(ex_, fetch(key, source), [key](std::exception_ptr ep) {
-      if (!ep) return;
-      try {
-        std::rethrow_exception(ep);
-      } catch (const std::exception& ex) {
-        log()->error("token fetch for {}: {}", key, ex.what());
-      } catch (...) {
-        log()->error("token fetch for {}: unknown exception", key);
-      }
-    });
+    asio::co_spawn(ex_, fetch(key, source), log_fetch_exception{key});
   }
 
   const auto awaited = e.finished;
@@ -135,6 +145,9 @@ awaitable<void> token_cache::fetch(std::string key, token_source& source) {
   } catch (const std::exception& ex) {
     // Waiters must still be woken, so the exception ends here as a transient failure.
     log()->error("token source {} threw: {}", source.grant(), ex.what());
+    r = transient_error("internal", "token source failed unexpectedly");
+  } catch (...) {
+    log()->error("token source {} threw a non-standard exception", source.grant());
     r = transient_error("internal", "token source failed unexpectedly");
   }
   const auto now = now_();

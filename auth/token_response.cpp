@@ -95,7 +95,8 @@ token_result failed(failure_kind kind, std::string error, long aadsts, std::stri
 token_result invalid_response(const http_response& res, std::string_view why) {
   auto summary = fmt::format("invalid_response: HTTP {}: {}", res.status, why);
   if (!res.request_id.empty()) summary += fmt::format(" (request_id={})", res.request_id);
-  return failed(failure_kind::transient, "invalid_response", 0, std::move(summary), res.retry_after);
+  return failed(failure_kind::transient, "invalid_response", 0, std::move(summary),
+                res.retry_after);
 }
 
 long first_error_code(const json::object& o) {
@@ -103,7 +104,8 @@ long first_error_code(const json::object& o) {
   if (!v || !v->is_array() || v->get_array().empty()) return 0;
   const auto& c = v->get_array().front();
   if (c.is_int64()) return static_cast<long>(c.get_int64());
-  if (c.is_uint64() && c.get_uint64() < 1'000'000'000'000ULL) return static_cast<long>(c.get_uint64());
+  if (c.is_uint64() && c.get_uint64() < 1'000'000'000'000ULL)
+    return static_cast<long>(c.get_uint64());
   return 0;
 }
 

@@ -10,6 +10,7 @@ namespace xo::auth {
 namespace {
 
 using namespace std::chrono_literals;
+using steady = std::chrono::steady_clock;
 
 steady::time_point fake_time = steady::time_point{} + 1000h;
 steady::time_point fake_now() { return fake_time; }
@@ -37,41 +38,41 @@ class CredentialChecker : public ::testing::Test {
   }
 
   asio::io_context io;
-  const std::string hash = hash_password(secret{"s3cret"}, {1, 64, 1});
+  const std::string good_hash = hash_password(secret{"s3cret"}, {1, 64, 1});
 };
 
 TEST_F(CredentialChecker, CachesSuccesses) {
   credential_checker c{io.get_executor(), 2, 300s, &fake_now};
-  EXPECT_TRUE(verify(c, hash, "s3cret"));
+  EXPECT_TRUE(verify(c, good_hash, "s3cret"));
   EXPECT_EQ(c.slow_checks(), 1u);
-  EXPECT_TRUE(verify(c, hash, "s3cret"));
+  EXPECT_TRUE(verify(c, good_hash, "s3cret"));
   EXPECT_EQ(c.slow_checks(), 1u);
 }
 
 TEST_F(CredentialChecker, DoesNotCacheFailures) {
   credential_checker c{io.get_executor(), 1, 300s, &fake_now};
-  EXPECT_FALSE(verify(c, hash, "wrong"));
-  EXPECT_FALSE(verify(c, hash, "wrong"));
+  EXPECT_FALSE(verify(c, good_hash, "wrong"));
+  EXPECT_FALSE(verify(c, good_hash, "wrong"));
   EXPECT_EQ(c.slow_checks(), 2u);
-  EXPECT_TRUE(verify(c, hash, "s3cret"));
-  EXPECT_FALSE(verify(c, hash, "wrong"));  // a cached success does not leak to other passwords
+  EXPECT_TRUE(verify(c, good_hash, "s3cret"));
+  EXPECT_FALSE(verify(c, good_hash, "wrong"));  // a cached success does not leak to other passwords
   EXPECT_EQ(c.slow_checks(), 4u);
 }
 
 TEST_F(CredentialChecker, CacheEntriesExpire) {
   credential_checker c{io.get_executor(), 1, 300s, &fake_now};
-  EXPECT_TRUE(verify(c, hash, "s3cret"));
+  EXPECT_TRUE(verify(c, good_hash, "s3cret"));
   fake_time += 299s;
-  EXPECT_TRUE(verify(c, hash, "s3cret"));
+  EXPECT_TRUE(verify(c, good_hash, "s3cret"));
   EXPECT_EQ(c.slow_checks(), 1u);
   fake_time += 2s;
-  EXPECT_TRUE(verify(c, hash, "s3cret"));
+  EXPECT_TRUE(verify(c, good_hash, "s3cret"));
   EXPECT_EQ(c.slow_checks(), 2u);
 }
 
 TEST_F(CredentialChecker, ChangedHashMissesTheCache) {
   credential_checker c{io.get_executor(), 1, 300s, &fake_now};
-  EXPECT_TRUE(verify(c, hash, "s3cret"));
+  EXPECT_TRUE(verify(c, good_hash, "s3cret"));
   const auto other = hash_password(secret{"new"}, {1, 64, 1});
   EXPECT_FALSE(verify(c, other, "s3cret"));
   EXPECT_EQ(c.slow_checks(), 2u);
@@ -93,7 +94,7 @@ TEST_F(CredentialChecker, ManyConcurrentChecks) {
   credential_checker c{io.get_executor(), 2, 300s, &fake_now};
   int ok = 0, bad = 0;
   for (int i = 0; i < 20; ++i)
-    asio::co_spawn(io, check(&c, hash, secret{i % 2 ? "s3cret" : "nope"}),
+    asio::co_spawn(io, check(&c, good_hash, secret{i % 2 ? "s3cret" : "nope"}),
                    [&](std::exception_ptr e, bool r) {
                      ASSERT_FALSE(e);
                      (r ? ok : bad)++;

@@ -1,8 +1,7 @@
 #include "auth/token_response.hpp"
 
-#include <gtest/gtest.h>
-
 #include <fmt/format.h>
+#include <gtest/gtest.h>
 
 namespace xo::auth {
 namespace {

@@ -48,7 +48,8 @@ TEST(PasswordHash, MalformedHashesAreFalse) {
       "$argon2id$v=19$m=64,t=1$c29tZXNhbHQ$iWh06vD8Fy27wf9npn6FXWiCX4K6pW6Ue1Bnzz07Z8A",
       "$argon2id$v=19$m=64,t=1,p=1,x=2$c29tZXNhbHQ$iWh06vD8Fy27wf9npn6FXWiCX4K6pW6Ue1Bnzz07Z8A",
       "$argon2id$v=19$m=x,t=1,p=1$c29tZXNhbHQ$iWh06vD8Fy27wf9npn6FXWiCX4K6pW6Ue1Bnzz07Z8A",
-      "$argon2id$v=19$m=99999999999,t=1,p=1$c29tZXNhbHQ$iWh06vD8Fy27wf9npn6FXWiCX4K6pW6Ue1Bnzz07Z8A",
+      "$argon2id$v=19$m=99999999999,t=1,p=1$c29tZXNhbHQ$"
+      "iWh06vD8Fy27wf9npn6FXWiCX4K6pW6Ue1Bnzz07Z8A",
       "$argon2id$v=19$m=64,t=1,p=1$c29tZXNhbHQ",
       "$argon2id$v=19$m=64,t=1,p=1$c29tZXNhbHQ$",
       "$argon2id$v=19$m=64,t=1,p=1$c29tZXNhbHQ$iWh06vD8Fy27wf9npn6FXWiCX4K6pW6Ue1Bnzz07Z8A$",

@@ -1,8 +1,8 @@
 #include "auth/token_cache.hpp"
 
+#include <gtest/gtest.h>
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>
-#include <gtest/gtest.h>
 
 #include <deque>
 #include <stdexcept>
@@ -208,12 +208,12 @@ TEST_F(TokenCache, CallerCancellationDoesNotCancelTheFetch) {
   source.delay = 50ms;
   asio::cancellation_signal cancel;
   std::optional<token_result> cancelled, patient;
-  asio::co_spawn(io, cache.get("acct", source),
-                 asio::bind_cancellation_slot(
-                     cancel.slot(), [&](std::exception_ptr e, token_result r) {
-                       ASSERT_FALSE(e);
-                       cancelled = std::move(r);
-                     }));
+  asio::co_spawn(
+      io, cache.get("acct", source),
+      asio::bind_cancellation_slot(cancel.slot(), [&](std::exception_ptr e, token_result r) {
+        ASSERT_FALSE(e);
+        cancelled = std::move(r);
+      }));
   asio::co_spawn(io, cache.get("acct", source), [&](std::exception_ptr e, token_result r) {
     ASSERT_FALSE(e);
     patient = std::move(r);

@@ -44,7 +44,8 @@ TEST(TokenResponse, SuccessWithStringExpiresInAndRefreshToken) {
 }
 
 TEST(TokenResponse, TokenTypeIsCaseInsensitive) {
-  EXPECT_TRUE(parse(answer(200, R"({"token_type":"BEARER","expires_in":1,"access_token":"a"})")).ok());
+  EXPECT_TRUE(
+      parse(answer(200, R"({"token_type":"BEARER","expires_in":1,"access_token":"a"})")).ok());
 }
 
 void expect_invalid(const http_outcome& o) {
@@ -64,10 +65,14 @@ TEST(TokenResponse, MalformedSuccessBodiesAreTransient) {
   expect_invalid(answer(200, R"({"token_type":"Bearer","access_token":"SECRET"})"));
   expect_invalid(answer(200, R"({"token_type":"Bearer","expires_in":-5,"access_token":"SECRET"})"));
   expect_invalid(answer(200, R"({"token_type":"Bearer","expires_in":0,"access_token":"SECRET"})"));
-  expect_invalid(answer(200, R"({"token_type":"Bearer","expires_in":"12x","access_token":"SECRET"})"));
-  expect_invalid(answer(200, R"({"token_type":"Bearer","expires_in":3.5,"access_token":"SECRET"})"));
-  expect_invalid(answer(200, R"({"token_type":"Bearer","expires_in":true,"access_token":"SECRET"})"));
-  expect_invalid(answer(200, R"({"token_type":"Bearer","expires_in":1e30,"access_token":"SECRET"})"));
+  expect_invalid(
+      answer(200, R"({"token_type":"Bearer","expires_in":"12x","access_token":"SECRET"})"));
+  expect_invalid(
+      answer(200, R"({"token_type":"Bearer","expires_in":3.5,"access_token":"SECRET"})"));
+  expect_invalid(
+      answer(200, R"({"token_type":"Bearer","expires_in":true,"access_token":"SECRET"})"));
+  expect_invalid(
+      answer(200, R"({"token_type":"Bearer","expires_in":1e30,"access_token":"SECRET"})"));
   expect_invalid(answer(200, R"({"token_type":"Bearer","expires_in":"","access_token":"SECRET"})"));
 }
 
@@ -109,8 +114,9 @@ TEST(TokenResponse, SummaryKeepsOnlyTheFirstLineTruncated) {
 }
 
 TEST(TokenResponse, SummaryDropsControlCharactersAndHostileIds) {
-  auto r = parse(answer(400, R"({"error":"invalid_grant\u001b[31m","error_description":"bad\u0007thing",)"
-                             R"("trace_id":"abc\u000a123 {}","correlation_id":"c-1"})"));
+  auto r = parse(
+      answer(400, R"({"error":"invalid_grant\u001b[31m","error_description":"bad\u0007thing",)"
+                  R"("trace_id":"abc\u000a123 {}","correlation_id":"c-1"})"));
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.error.error, "invalid_grant31m");
   EXPECT_EQ(r.error.summary, "invalid_grant31m: bad thing (trace_id=abc123, correlation_id=c-1)");
