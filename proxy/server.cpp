@@ -2,6 +2,8 @@
 
 #include "common/log.hpp"
 #include "proxy/imap_session.hpp"
+#include "proxy/pop3_session.hpp"
+#include "proxy/smtp_session.hpp"
 #include "proxy/login_service.hpp"
 #include "proxy/tls_contexts.hpp"
 
@@ -46,7 +48,17 @@ awaitable<void> session_task(tcp::socket sock, listener_runtime& l, server_state
                              std::string sid) {
   ++st.active;
   session_env env{sid, l.cfg, *l.upstream_tls, st.logins, st.cfg.proxy};
-  co_await run_imap_session(std::move(sock), l.client_tls.get(), std::move(env));
+  switch (l.cfg.protocol) {
+    case config::protocol_kind::imap:
+      co_await run_imap_session(std::move(sock), l.client_tls.get(), std::move(env));
+      break;
+    case config::protocol_kind::pop3:
+      co_await run_pop3_session(std::move(sock), l.client_tls.get(), std::move(env));
+      break;
+    case config::protocol_kind::smtp:
+      co_await run_smtp_session(std::move(sock), l.client_tls.get(), std::move(env));
+      break;
+  }
   --st.active;
 }
 

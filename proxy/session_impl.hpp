@@ -165,3 +165,31 @@ awaitable<void> session<Flow>::perform(protocol::token_rejected) {
 }
 
 }  // namespace xo::proxy
+
+namespace xo::proxy {
+
+// Accepts the client side (implicit TLS handshake when configured) and runs the flow to its end.
+// client_tls is null for tls = "none".
+template <class Flow>
+awaitable<void> run_flow_session(tcp::socket socket, ssl::context* client_tls, session_env env,
+                                 Flow flow) {
+  // A plain listener has no server context; the stream type still needs one, so it gets the
+  // upstream context, which is never used for a server handshake.
+  ssl::context& ctx = client_tls ? *client_tls : env.upstream_tls;
+  mail_stream client{std::move(socket), ctx};
+  if (env.listener.tls == config::tls_mode::implicit) {
+    auto r = co_await with_timeout(client.start_tls(ssl::stream_base::server),
+                                   std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                                       env.settings.login_timeout));
+    if (!r || *r) {
+      logger("session")->info("sid={} TLS handshake with client {} failed: {}", env.sid,
+                              client.remote().address().to_string(), r ? r->message() : "timeout");
+      client.close();
+      co_return;
+    }
+  }
+  session<Flow> s{std::move(client), std::move(flow), std::move(env)};
+  co_await s.run();
+}
+
+}  // namespace xo::proxy
