@@ -37,6 +37,16 @@ struct host_port {
   std::string to_string() const;  // "host:port", "[v6]:port"
 };
 
+// A client network for allow-lists: "192.168.10.0/24", "10.1.2.3" (= /32), "fd00::/8".
+struct cidr {
+  bool v6 = false;
+  unsigned char addr[16] = {};
+  int prefix = 0;
+  std::string text;  // as written
+  // ip: a textual IPv4 or IPv6 address (IPv4-mapped IPv6 matches IPv4 networks).
+  bool contains(std::string_view ip) const;
+};
+
 struct proxy_settings {
   std::string state_dir = "./state";
   log_format format = log_format::text;
@@ -72,6 +82,11 @@ struct listener {
   host_port upstream;
   upstream_tls_mode upstream_tls = upstream_tls_mode::implicit;
   std::string upstream_ca_file;  // optional extra trust anchors for the upstream server
+  // SMTP only.
+  std::string ehlo_name;          // our name in the greeting, EHLO replies and upstream EHLO
+  std::string anonymous_account;  // clients that send mail without AUTH use this account ...
+  std::vector<cidr> allow_from;   // ... when their address is in one of these networks
+  bool allows_anonymous(std::string_view client_ip) const;
   source_pos where;
 };
 

@@ -4,7 +4,10 @@
 #include "config/loader.hpp"
 #include "config/reader.hpp"
 
+#include <arpa/inet.h>
 #include <fmt/format.h>
+
+#include <cstring>
 
 namespace xo::config {
 
@@ -174,6 +177,36 @@ std::string describe(const config& c) {
   out += fmt::format("accounts ({}):\n", c.accounts.size());
   for (const auto& a : c.accounts) describe_account(out, a);
   return out;
+}
+
+}  // namespace xo::config
+
+namespace xo::config {
+
+bool cidr::contains(std::string_view ip) const {
+  std::string text{ip};
+  unsigned char a[16] = {};
+  bool is_v6 = false;
+  if (inet_pton(AF_INET, text.c_str(), a) != 1) {
+    if (inet_pton(AF_INET6, text.c_str(), a) != 1) return false;
+    static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    if (!v6 && std::memcmp(a, mapped, 12) == 0) std::memmove(a, a + 12, 4);  // ::ffff:a.b.c.d
+    else is_v6 = true;
+  }
+  if (is_v6 != v6) return false;
+  int bits = prefix;
+  for (int i = 0; bits > 0; ++i, bits -= 8) {
+    unsigned char mask = bits >= 8 ? 0xff : static_cast<unsigned char>(0xff << (8 - bits));
+    if ((a[i] & mask) != (addr[i] & mask)) return false;
+  }
+  return true;
+}
+
+bool listener::allows_anonymous(std::string_view client_ip) const {
+  if (anonymous_account.empty()) return false;
+  for (const auto& n : allow_from)
+    if (n.contains(client_ip)) return true;
+  return false;
 }
 
 }  // namespace xo::config

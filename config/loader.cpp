@@ -216,7 +216,14 @@ void read_listener(reader& r, config& cfg, entry_positions& all) {
   set(r, pos, "upstream_tls", r.string("upstream_tls"), detail::parse_upstream_tls, l.upstream_tls);
   set(r, pos, "upstream_ca_file", r.string("upstream_ca_file"), detail::readable_file,
       l.upstream_ca_file);
+  set(r, pos, "ehlo_name", r.string("ehlo_name"), checked<detail::check_ehlo_name>, l.ehlo_name);
+  set(r, pos, "anonymous_account", r.string("anonymous_account"), as_is<std::string>,
+      l.anonymous_account);
+  set(r, pos, "allow_from", r.string_array("allow_from"), detail::parse_cidrs, l.allow_from);
   r.finish();
+  // Exchange Online submission (smtp.office365.com:587) is STARTTLS; IMAP and POP3 are implicit.
+  if (!pos.has("upstream_tls") && l.protocol == protocol_kind::smtp)
+    l.upstream_tls = upstream_tls_mode::starttls;
   cfg.listeners.push_back(std::move(l));
   all.listeners.push_back(std::move(pos));
 }

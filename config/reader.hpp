@@ -181,5 +181,9 @@ struct entry_positions {
   std::vector<positions> accounts;
 };
 void check_references(const config& cfg, const entry_positions& pos, load_context& c);
+bool check_ehlo_name(const located<std::string>& v, std::string key, load_context& c);
+std::optional<std::vector<cidr>> parse_cidrs(const located<std::vector<std::string>>& v,
+                                             std::string key, load_context& c);
+std::optional<cidr> parse_cidr(std::string_view text);
 
 }  // namespace xo::config::detail

@@ -64,7 +64,7 @@ constexpr std::array<choice<upstream_tls_mode>, 2> upstream_tls_modes{
     {{"implicit", upstream_tls_mode::implicit}, {"starttls", upstream_tls_mode::starttls}}};
 // To enable a protocol or flow once it is implemented, flip its `supported` flag.
 constexpr std::array<choice<protocol_kind>, 3> protocols{{{"imap", protocol_kind::imap},
-                                                          {"smtp", protocol_kind::smtp, false},
+                                                          {"smtp", protocol_kind::smtp, true},
                                                           {"pop3", protocol_kind::pop3, false}}};
 constexpr std::array<choice<flow_kind>, 4> flows{
     {{"client_credentials", flow_kind::client_credentials},
@@ -299,6 +299,59 @@ std::optional<std::string> parse_authority(const located<std::string>& v, std::s
   return std::nullopt;
 }
 
+bool check_ehlo_name(const located<std::string>& v, std::string key, load_context& c) {
+  bool ok = !v.value.empty() && v.value.size() <= 255;
+  for (char ch : v.value)
+    ok = ok && ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                ch == '-' || ch == '.');
+  if (!ok) c.error(v.where, std::move(key), fmt::format("'{}' is not a host name", v.value));
+  return ok;
+}
+
+std::optional<cidr> parse_cidr(std::string_view text) {
+  cidr n;
+  n.text = std::string{text};
+  std::string addr{text};
+  auto slash = addr.find('/');
+  std::optional<int> prefix;
+  if (slash != std::string::npos) {
+    std::string_view p{addr.data() + slash + 1, addr.size() - slash - 1};
+    int v = 0;
+    auto [end, ec] = std::from_chars(p.data(), p.data() + p.size(), v);
+    if (p.empty() || ec != std::errc{} || end != p.data() + p.size()) return std::nullopt;
+    prefix = v;
+    addr.resize(slash);
+  }
+  if (inet_pton(AF_INET, addr.c_str(), n.addr) == 1) {
+    n.prefix = prefix.value_or(32);
+    if (n.prefix < 0 || n.prefix > 32) return std::nullopt;
+  } else if (inet_pton(AF_INET6, addr.c_str(), n.addr) == 1) {
+    n.v6 = true;
+    n.prefix = prefix.value_or(128);
+    if (n.prefix < 0 || n.prefix > 128) return std::nullopt;
+  } else {
+    return std::nullopt;
+  }
+  return n;
+}
+
+std::optional<std::vector<cidr>> parse_cidrs(const located<std::vector<std::string>>& v,
+                                             std::string key, load_context& c) {
+  std::vector<cidr> out;
+  bool ok = true;
+  for (const auto& s : v.value) {
+    auto n = parse_cidr(s);
+    if (!n) {
+      c.error(v.where, key, fmt::format("'{}' is not an address or network (e.g. 192.168.10.0/24)", s));
+      ok = false;
+      continue;
+    }
+    out.push_back(std::move(*n));
+  }
+  if (!ok) return std::nullopt;
+  return out;
+}
+
 // ---- across entries ----
 
 namespace {
@@ -352,6 +405,30 @@ bool clash(const host_port& a, const host_port& b) {
                                                                    is_wildcard_address(b.host))));
 }
 
+// An anonymous SMTP relay is opt-in and never unrestricted.
+void check_anonymous(const config& cfg, const listener& l, const positions& lp, load_context& c) {
+  if (!lp.has("anonymous_account")) {
+    if (lp.has("allow_from"))
+      c.warning(lp.of("allow_from"), lp.key("allow_from"), "ignored without anonymous_account");
+    return;
+  }
+  if (l.protocol != protocol_kind::smtp) {
+    c.error(lp.of("anonymous_account"), lp.key("anonymous_account"),
+            "only SMTP listeners can accept clients that do not authenticate");
+    return;
+  }
+  if (l.allow_from.empty()) {
+    c.error(lp.of("anonymous_account"), lp.key("anonymous_account"),
+            "refused without allow_from: list the client networks that may send without "
+            "authenticating, e.g. allow_from = [\"192.168.10.0/24\"]");
+  }
+  const account* a = cfg.find_account(l.anonymous_account);
+  if (!a || a->is_wildcard()) {
+    c.error(lp.of("anonymous_account"), lp.key("anonymous_account"),
+            fmt::format("'{}' is not the login of an [[account]]", l.anonymous_account));
+  }
+}
+
 void check_listeners(const config& cfg, const entry_positions& pos, load_context& c) {
   for (std::size_t i = 0; i < cfg.listeners.size(); ++i) {
     const listener& l = cfg.listeners[i];
@@ -366,6 +443,7 @@ void check_listeners(const config& cfg, const entry_positions& pos, load_context
                           j + 1, also, pos.listeners[j].of("listen").line));
       break;
     }
+    check_anonymous(cfg, l, lp, c);
     if (l.tls == tls_mode::none && !is_loopback(l.listen.host)) {
       c.warning(
           lp.of("listen"), lp.key("listen"),

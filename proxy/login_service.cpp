@@ -42,7 +42,10 @@ std::string login_service::token_key(const config::account& a) {
   return "provider:" + a.provider;
 }
 
-void login_service::token_rejected(const std::string& user) {
+void login_service::token_rejected(const std::string& sid, const std::string& user,
+                                   const protocol::token_rejected& why) {
+  logger("proxy")->warn("sid={} upstream refused the token for user={:?}: {}{}{}", sid, user,
+                        why.upstream_reply, why.hint.empty() ? "" : "; fix: ", why.hint);
   if (const auto* a = cfg_.find_account(user)) tokens_.invalidate(token_key(*a));
 }
 
@@ -51,13 +54,19 @@ awaitable<protocol::auth_outcome> login_service::authorize(std::string sid,
   using k = protocol::auth_outcome::kind;
   auto log = logger("proxy");
   const config::account* acct = cfg_.find_account(req.user);
+  if (req.anonymous) {
+    // The listener allow-listed this client's address for its anonymous_account: no password.
+    if (!acct) co_return fail(k::bad_credentials);
+    log->info("sid={} anonymous sender mapped to account={:?}", sid, acct->login);
+  }
   bool authzid_ok = req.authzid.empty() || iequals(req.authzid, req.user);
   // Unknown accounts pay for a dummy hash too, so both failures take similar time.
   // Keep the argument in a named local: GCC 12 double-destroys a temporary that is built by a
   // conditional expression inside a co_await expression.
   std::string hash;
   if (acct) hash = acct->password_hash;
-  bool password_ok = co_await checker_.verify(std::move(hash), std::move(req.password));
+  bool password_ok = req.anonymous;
+  if (!password_ok) password_ok = co_await checker_.verify(std::move(hash), std::move(req.password));
   if (!acct || !password_ok || !authzid_ok) {
     log->warn("sid={} login failed user={:?} reason={}", sid, req.user,
               !acct ? "unknown account" : !password_ok ? "wrong password" : "authzid not permitted");

@@ -23,7 +23,8 @@ class login_service {
 
   awaitable<protocol::auth_outcome> authorize(std::string sid, protocol::authorize req);
   // The upstream refused a token this service handed out for `user`: drop it from the cache.
-  void token_rejected(const std::string& user);
+  void token_rejected(const std::string& sid, const std::string& user,
+                      const protocol::token_rejected& why);
 
   auth::token_cache& tokens() noexcept { return tokens_; }
 

@@ -158,8 +158,8 @@ awaitable<void> session<Flow>::perform(protocol::close_upstream a) {
 }
 
 template <class Flow>
-awaitable<void> session<Flow>::perform(protocol::token_rejected) {
-  env_.logins.token_rejected(flow_.user());
+awaitable<void> session<Flow>::perform(protocol::token_rejected a) {
+  env_.logins.token_rejected(env_.sid, flow_.user(), a);
   flow_.on_io_done(true);
   co_return;
 }

@@ -31,6 +31,9 @@ struct authorize {
   std::string user;     // authcid / LOGIN user, byte-exact
   secret password;
   std::string authzid;  // SASL PLAIN authorization identity, empty if none
+  // SMTP only: a client that did not authenticate, mapped to the listener's anonymous_account
+  // because its address is allow-listed. No password to check.
+  bool anonymous = false;
 };
 // Login done: relay bytes untouched from now on. The leftovers were read but belong to the relay.
 struct splice {
@@ -46,7 +49,10 @@ struct close_upstream {
 };
 // The upstream server refused a token we obtained: the driver drops it from the cache so the
 // next login fetches a fresh one. Answer with on_io_done(true).
-struct token_rejected {};
+struct token_rejected {
+  std::string upstream_reply;  // the server's words, for the log (never contains the token)
+  std::string hint;            // what an admin should check, if the reply is a known one
+};
 
 using action = std::variant<read_from, write_to, start_tls, connect_upstream, authorize, splice,
                             close, close_upstream, token_rejected>;

@@ -513,7 +513,7 @@ void login_flow::handle_upstream_line(const std::string& line) {
     return;
   }
   if (iequals_prefix(line, tagged_auth + "NO") || iequals_prefix(line, tagged_auth + "BAD")) {
-    pending_.push_back(token_rejected{});
+    pending_.push_back(token_rejected{line.substr(0, 200), {}});
     pending_.push_back(close_upstream{"upstream refused the token: " + line.substr(0, 200)});
     state_ = state::client_command;
     login_failed(r::upstream_refused);

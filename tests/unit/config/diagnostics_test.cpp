@@ -100,6 +100,7 @@ idle_timeout = 600
 
 [[listener]]
 protocol = "smtp"
+upstream_tls = "ssl"
 listen = "127.0.0.1:1144"
 upstream = "smtp.office365.com:587"
 )")),
@@ -108,7 +109,8 @@ upstream = "smtp.office365.com:587"
           "debug, "
           "info, warn, error, critical, off)",
           "test.toml:3:16: proxy.idle_timeout: must be at least 1800 seconds",
-          "test.toml:6:12: listener[1].protocol: 'smtp' is not supported yet (supported: imap)"}));
+          "test.toml:7:16: listener[1].upstream_tls: invalid value 'ssl' (expected one of: "
+          "implicit, starttls)"}));
 }
 
 TEST_F(ConfigDiagnostics, ProxyNumbersMustBePositive) {

@@ -182,21 +182,15 @@ upstream = "outlook.office365.com:993"
           "implicit)"}));
 }
 
-TEST_F(ConfigMeaning, UnsupportedProtocolAndFlow) {
+TEST_F(ConfigMeaning, UnsupportedFlow) {
   EXPECT_EQ(
-      errors_of(with_base(R"([[listener]]
-protocol = "pop3"
-listen = "127.0.0.1:1144"
-upstream = "outlook.office365.com:995"
-
-[[account]]
+      errors_of(with_base(R"([[account]]
 login = "*@contoso.com"
 provider = "contoso"
 flow = "device_code"
 password_hash = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2g"
 )")),
-      (lines{"test.toml:2:12: listener[1].protocol: 'pop3' is not supported yet (supported: imap)",
-             "test.toml:9:8: account[1].flow: 'device_code' is not supported yet (supported: "
+      (lines{"test.toml:4:8: account[1].flow: 'device_code' is not supported yet (supported: "
              "client_credentials)"}));
 }
 
