@@ -348,7 +348,9 @@ std::optional<std::vector<cidr>> parse_cidrs(const located<std::vector<std::stri
     }
     out.push_back(std::move(*n));
   }
-  if (!ok) return std::nullopt;
+  // The valid entries are kept (the bad ones are reported), so later checks do not also complain
+  // that the list is empty.
+  if (!ok && out.empty()) return std::nullopt;
   return out;
 }
 
