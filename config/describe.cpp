@@ -184,11 +184,11 @@ std::string describe(const config& c) {
 namespace xo::config {
 
 bool cidr::contains(std::string_view ip) const {
-  std::string text{ip};
+  std::string ip_text{ip};
   unsigned char a[16] = {};
   bool is_v6 = false;
-  if (inet_pton(AF_INET, text.c_str(), a) != 1) {
-    if (inet_pton(AF_INET6, text.c_str(), a) != 1) return false;
+  if (inet_pton(AF_INET, ip_text.c_str(), a) != 1) {
+    if (inet_pton(AF_INET6, ip_text.c_str(), a) != 1) return false;
     static const unsigned char mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
     if (!v6 && std::memcmp(a, mapped, 12) == 0) std::memmove(a, a + 12, 4);  // ::ffff:a.b.c.d
     else is_v6 = true;

@@ -65,7 +65,7 @@ constexpr std::array<choice<upstream_tls_mode>, 2> upstream_tls_modes{
 // To enable a protocol or flow once it is implemented, flip its `supported` flag.
 constexpr std::array<choice<protocol_kind>, 3> protocols{{{"imap", protocol_kind::imap},
                                                           {"smtp", protocol_kind::smtp, true},
-                                                          {"pop3", protocol_kind::pop3, false}}};
+                                                          {"pop3", protocol_kind::pop3, true}}};
 constexpr std::array<choice<flow_kind>, 4> flows{
     {{"client_credentials", flow_kind::client_credentials},
      {"authorization_code", flow_kind::authorization_code, false},

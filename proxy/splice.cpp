@@ -30,15 +30,13 @@ awaitable<void> pump(mail_stream& from, mail_stream& to, std::uint64_t& moved, r
   }
   to.shutdown_send();
   if (st.finished++ == 0) st.first_end = label;
-  st.wake.cancel();  // the watchdog switches to the half-close grace period
 }
 
 // Sleeps until the idle deadline and re-checks; an active session costs one wake-up per
 // idle_timeout, an idle one exactly one (no polling: thousands of IDLE sessions stay at ~0% CPU).
 awaitable<void> watchdog(relay_state& st, relay_options opt) {
   for (;;) {
-    auto limit = st.finished ? opt.half_close_grace : opt.idle_timeout;
-    auto deadline = st.last_activity + limit;
+    auto deadline = st.last_activity + opt.idle_timeout;
     if (clock::now() >= deadline) co_return;
     st.wake.expires_at(deadline);
     co_await st.wake.async_wait(use_nothrow);
@@ -65,11 +63,18 @@ awaitable<relay_result> relay(mail_stream& client, mail_stream& upstream,
     res.client_to_upstream += n;
   }
   relay_state st{co_await asio::this_coro::executor};
+  // When the client stops sending, the upstream may still owe it replies (a QUIT's "221"): keep
+  // relaying toward the client until the upstream closes or the grace period ends. When the
+  // upstream closes, the session is over: nothing the client sends can be delivered any more.
   auto r = co_await ((pump(client, upstream, res.client_to_upstream, st, "client closed") &&
-                      pump(upstream, client, res.upstream_to_client, st, "upstream closed")) ||
+                      sleep_for(opt.half_close_grace)) ||
+                     pump(upstream, client, res.upstream_to_client, st, "upstream closed") ||
                      watchdog(st, opt));
-  if (r.index() == 1) res.end = st.finished ? st.first_end + ", then grace timeout" : "idle timeout";
-  else res.end = st.first_end;
+  switch (r.index()) {
+    case 0: res.end = st.first_end + ", then grace timeout"; break;
+    case 1: res.end = st.first_end; break;
+    default: res.end = "idle timeout"; break;
+  }
   co_return res;
 }
 

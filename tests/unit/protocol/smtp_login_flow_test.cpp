@@ -174,8 +174,9 @@ TEST(SmtpLoginFlow, PipelinedCommandsHeldUntilUpstreamLogin) {
     a = d.feed(peer::upstream, "235 2.7.0 Authentication successful\r\n");
     auto* sp = std::get_if<splice>(&a);
     ASSERT_NE(sp, nullptr);
-    if (chunk == 4096)
+    if (chunk == 4096) {
       EXPECT_EQ(sp->client_leftover, "MAIL FROM:<scanner@contoso.com>\r\nRCPT TO:<a@b.c>\r\nDATA\r\n");
+    }
     EXPECT_TRUE(d.to_client.ends_with("235 2.7.0 Authentication successful\r\n"));
   }
 }
