@@ -96,6 +96,8 @@ struct account {
   flow_kind flow = flow_kind::client_credentials;
   std::string mailbox;   // XOAUTH2 user=; empty means "the login the client sent"
   std::string password_hash;  // argon2id PHC string
+  // SMTP: MAIL FROM addresses this login may use ("a@b.c" or "*@b.c"); empty = any.
+  std::vector<std::string> allowed_from;
   source_pos where;
   bool is_wildcard() const { return login.starts_with("*@"); }
 };

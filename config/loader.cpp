@@ -239,6 +239,8 @@ void read_account(reader& r, config& cfg, entry_positions& all) {
   // No ${VAR} expansion: PHC strings are full of '$'.
   set(r, pos, "password_hash", r.string("password_hash", need::required, expand::none),
       checked<detail::check_password_hash>, a.password_hash);
+  set(r, pos, "allowed_from", r.string_array("allowed_from"), detail::parse_sender_patterns,
+      a.allowed_from);
   r.finish();
   cfg.accounts.push_back(std::move(a));
   all.accounts.push_back(std::move(pos));

@@ -185,5 +185,7 @@ bool check_ehlo_name(const located<std::string>& v, std::string key, load_contex
 std::optional<std::vector<cidr>> parse_cidrs(const located<std::vector<std::string>>& v,
                                              std::string key, load_context& c);
 std::optional<cidr> parse_cidr(std::string_view text);
+std::optional<std::vector<std::string>> parse_sender_patterns(
+    const located<std::vector<std::string>>& v, std::string key, load_context& c);
 
 }  // namespace xo::config::detail

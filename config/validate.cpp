@@ -354,6 +354,27 @@ std::optional<std::vector<cidr>> parse_cidrs(const located<std::vector<std::stri
   return out;
 }
 
+// allowed_from: "user@domain" or "*@domain".
+std::optional<std::vector<std::string>> parse_sender_patterns(
+    const located<std::vector<std::string>>& v, std::string key, load_context& c) {
+  bool ok = !v.value.empty();
+  if (!ok) c.error(v.where, key, "must list at least one address (or leave the key out)");
+  for (const auto& p : v.value) {
+    auto at = p.find('@');
+    bool good = at != std::string::npos && at > 0 && at + 1 < p.size() &&
+                p.find('@', at + 1) == std::string::npos &&
+                (p.find('*') == std::string::npos || (p.starts_with("*@") && at == 1)) &&
+                p.find_first_of(" <>\"") == std::string::npos;
+    if (!good) {
+      c.error(v.where, key,
+              fmt::format("'{}' is not an address (user@example.com) or *@example.com", p));
+      ok = false;
+    }
+  }
+  if (!ok) return std::nullopt;
+  return v.value;
+}
+
 // ---- across entries ----
 
 namespace {

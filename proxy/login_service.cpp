@@ -91,6 +91,7 @@ awaitable<protocol::auth_outcome> login_service::authorize(std::string sid,
   ok.result = k::ok;
   ok.mailbox = acct->mailbox.empty() ? req.user : acct->mailbox;
   ok.token = std::move(token.token->value);
+  ok.allowed_senders = acct->allowed_from;
   log->info("sid={} local login ok user={:?} account={:?} mailbox={:?}", sid, req.user,
             acct->login, ok.mailbox);
   co_return ok;

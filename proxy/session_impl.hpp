@@ -134,8 +134,19 @@ awaitable<void> session<Flow>::perform(protocol::splice a) {
                           flow_.user(), env_.listener.upstream.to_string());
   relay_options opt;
   opt.idle_timeout = env_.settings.idle_timeout;
-  auto r = co_await relay(client_, *upstream_, std::move(a.client_leftover),
-                          std::move(a.upstream_leftover), opt);
+  relay_result r;
+  if (a.allowed_senders.empty()) {
+    r = co_await relay(client_, *upstream_, std::move(a.client_leftover),
+                       std::move(a.upstream_leftover), opt);
+  } else {
+    auto f = co_await relay_smtp_filtered(client_, *upstream_, std::move(a.client_leftover),
+                                          std::move(a.upstream_leftover),
+                                          std::move(a.allowed_senders), opt);
+    if (f.refused_senders > 0)
+      logger("session")->warn("sid={} refused {} MAIL FROM address(es) not in allowed_from of "
+                              "user={:?}", env_.sid, f.refused_senders, flow_.user());
+    r = f;
+  }
   bytes_in_ += r.client_to_upstream;
   bytes_out_ += r.upstream_to_client;
   end_ = r.end;

@@ -1,5 +1,7 @@
 #include "proxy/splice.hpp"
 
+#include "protocol/smtp/sender_filter.hpp"
+
 #include <array>
 
 namespace xo::proxy {
@@ -75,6 +77,121 @@ awaitable<relay_result> relay(mail_stream& client, mail_stream& upstream,
     case 1: res.end = st.first_end; break;
     default: res.end = "idle timeout"; break;
   }
+  co_return res;
+}
+
+}  // namespace xo::proxy
+
+namespace xo::proxy {
+
+namespace {
+
+struct filtered_state {
+  explicit filtered_state(asio::any_io_executor ex, std::vector<std::string> allowed)
+      : filter(std::move(allowed)), resume(ex) {}
+  protocol::smtp::sender_filter filter;
+  asio::steady_timer resume;  // the client side waits here while the filter holds its input
+  bool client_done = false;
+  bool upstream_done = false;
+  clock::time_point last_activity = clock::now();
+};
+
+awaitable<void> filtered_client_side(mail_stream& client, mail_stream& upstream,
+                                     filtered_state& st, std::uint64_t& moved,
+                                     std::string first) {
+  std::array<char, relay_buffer> buf;
+  std::string out;
+  st.filter.from_client(first, out);
+  for (;;) {
+    st.filter.resume(out);  // held input the server's latest replies have released
+    if (!out.empty()) {
+      auto [wec, w] = co_await upstream.write_all(asio::buffer(out));
+      if (wec) break;
+      moved += out.size();
+      out.clear();
+      continue;
+    }
+    if (st.filter.broken() || st.upstream_done) break;
+    if (st.filter.waiting()) {
+      // Input after DATA is held until the server answered DATA; the other side wakes us.
+      st.resume.expires_at(clock::time_point::max());
+      co_await st.resume.async_wait(use_nothrow);
+      auto cs = co_await asio::this_coro::cancellation_state;
+      if (cs.cancelled() != asio::cancellation_type::none) co_return;
+      continue;
+    }
+    auto [rec, n] = co_await client.read_some(asio::buffer(buf));
+    if (rec) break;
+    st.last_activity = clock::now();
+    st.filter.from_client(std::string_view{buf.data(), n}, out);
+  }
+  st.client_done = true;
+  upstream.shutdown_send();
+}
+
+awaitable<void> filtered_upstream_side(mail_stream& client, mail_stream& upstream,
+                                       filtered_state& st, std::uint64_t& moved) {
+  std::array<char, relay_buffer> buf;
+  std::string out;
+  for (;;) {
+    auto [rec, n] = co_await upstream.read_some(asio::buffer(buf));
+    if (rec) break;
+    st.last_activity = clock::now();
+    st.filter.from_upstream(std::string_view{buf.data(), n}, out);
+    st.resume.cancel();  // the client side may be waiting for this reply
+    if (!out.empty()) {
+      auto [wec, w] = co_await client.write_all(asio::buffer(out));
+      if (wec) break;
+      moved += out.size();
+      out.clear();
+    }
+    if (st.filter.broken()) break;
+  }
+  st.upstream_done = true;
+  client.shutdown_send();
+}
+
+awaitable<void> filtered_watchdog(filtered_state& st, relay_options opt) {
+  asio::steady_timer t{co_await asio::this_coro::executor};
+  for (;;) {
+    auto deadline = st.last_activity + opt.idle_timeout;
+    if (clock::now() >= deadline) co_return;
+    t.expires_at(deadline);
+    co_await t.async_wait(use_nothrow);
+    auto cs = co_await asio::this_coro::cancellation_state;
+    if (cs.cancelled() != asio::cancellation_type::none) co_return;
+  }
+}
+
+}  // namespace
+
+awaitable<filtered_result> relay_smtp_filtered(mail_stream& client, mail_stream& upstream,
+                                               std::string client_leftover,
+                                               std::string upstream_leftover,
+                                               std::vector<std::string> allowed_senders,
+                                               relay_options opt) {
+  using namespace boost::asio::experimental::awaitable_operators;
+  filtered_result res;
+  if (!upstream_leftover.empty()) {
+    auto [ec, n] = co_await client.write_all(asio::buffer(upstream_leftover));
+    if (ec) {
+      res.end = "client write failed";
+      co_return res;
+    }
+    res.upstream_to_client += n;
+  }
+  filtered_state st{co_await asio::this_coro::executor, std::move(allowed_senders)};
+  auto r = co_await ((filtered_client_side(client, upstream, st, res.client_to_upstream,
+                                           std::move(client_leftover)) &&
+                      sleep_for(opt.half_close_grace)) ||
+                     filtered_upstream_side(client, upstream, st, res.upstream_to_client) ||
+                     filtered_watchdog(st, opt));
+  switch (r.index()) {
+    case 0: res.end = "client closed, then grace timeout"; break;
+    case 1: res.end = st.filter.broken() ? "upstream reply not understood" : "upstream closed"; break;
+    default: res.end = "idle timeout"; break;
+  }
+  res.refused_senders = st.filter.refused();
   co_return res;
 }
 

@@ -6,6 +6,7 @@
 #include "proxy/mail_stream.hpp"
 
 #include <cstdint>
+#include <vector>
 
 namespace xo::proxy {
 
@@ -23,5 +24,17 @@ struct relay_options {
 awaitable<relay_result> relay(mail_stream& client, mail_stream& upstream,
                               std::string client_leftover, std::string upstream_leftover,
                               relay_options opt);
+
+// The SMTP relay with sender safety: every MAIL FROM checked against `allowed_senders`
+// (protocol/smtp/sender_filter.hpp). Slower than relay(): used only for accounts with
+// allowed_from. refused_senders counts the MAIL commands it turned away.
+struct filtered_result : relay_result {
+  std::uint64_t refused_senders = 0;
+};
+awaitable<filtered_result> relay_smtp_filtered(mail_stream& client, mail_stream& upstream,
+                                               std::string client_leftover,
+                                               std::string upstream_leftover,
+                                               std::vector<std::string> allowed_senders,
+                                               relay_options opt);
 
 }  // namespace xo::proxy

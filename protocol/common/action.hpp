@@ -7,6 +7,7 @@
 
 #include <string>
 #include <variant>
+#include <vector>
 
 namespace xo::protocol {
 
@@ -39,6 +40,8 @@ struct authorize {
 struct splice {
   std::string client_leftover;    // pipelined after the login command: goes upstream first
   std::string upstream_leftover;  // after the upstream's final login reply: goes to the client
+  // SMTP: non-empty means every MAIL FROM must match one of these (protocol/smtp/sender_filter).
+  std::vector<std::string> allowed_senders;
 };
 struct close {
   std::string reason;  // for the session summary; never contains a secret
@@ -68,6 +71,7 @@ struct auth_outcome {
   kind result = kind::bad_credentials;
   std::string mailbox;  // XOAUTH2 user=
   secret token;         // access token
+  std::vector<std::string> allowed_senders;  // SMTP: the account's allowed_from
 };
 
 }  // namespace xo::protocol

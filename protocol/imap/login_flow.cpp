@@ -509,7 +509,7 @@ void login_flow::handle_upstream_line(const std::string& line) {
     std::string rest = line.substr(tagged_auth.size());
     if (!upstream_untagged_.empty()) write_client(std::exchange(upstream_untagged_, {}));
     reply(tag_, rest);
-    pending_.push_back(splice{reader_.take_buffered(), std::exchange(up_buf_, {})});
+    pending_.push_back(splice{reader_.take_buffered(), std::exchange(up_buf_, {}), {}});
     return;
   }
   if (iequals_prefix(line, tagged_auth + "NO") || iequals_prefix(line, tagged_auth + "BAD")) {

@@ -115,7 +115,7 @@ void login_flow::handle_upstream_line(const std::string& line) {
 void login_flow::handle_auth_result(const std::string& line) {
   if (is_status(line, "+OK")) {
     reply(line);  // the upstream's own success text
-    pending_.push_back(splice{client_buf_.take_all(), up_buf_.take_all()});
+    pending_.push_back(splice{client_buf_.take_all(), up_buf_.take_all(), {}});
     return;
   }
   if (is_continuation(line) && up_ == up_state::token) {

@@ -341,6 +341,7 @@ void login_flow::on_authorized(auth_outcome o) {
   }
   mailbox_ = std::move(o.mailbox);
   token_ = std::move(o.token);
+  allowed_senders_ = std::move(o.allowed_senders);
   state_ = state::upstream_auth;
   if (up_ == up_state::ready) send_xoauth2();
   else if (up_ == up_state::idle) start_upstream();
@@ -472,10 +473,10 @@ void login_flow::handle_upstream_reply(reply rep) {
   if (rep.code == 235) {
     if (anonymous_) {
       pending_.push_back(splice{std::exchange(held_mail_, {}) + client_.take_all(),
-                                upstream_.take_buffered()});
+                                upstream_.take_buffered(), allowed_senders_});
     } else {
       write_client(r::auth_ok);
-      pending_.push_back(splice{client_.take_all(), upstream_.take_buffered()});
+      pending_.push_back(splice{client_.take_all(), upstream_.take_buffered(), allowed_senders_});
     }
     return;
   }

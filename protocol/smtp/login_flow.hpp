@@ -90,6 +90,7 @@ class login_flow {
   std::string held_mail_;  // anonymous: the MAIL command that triggered the login
   std::string mailbox_;
   secret token_;
+  std::vector<std::string> allowed_senders_;
 };
 
 }  // namespace xo::protocol::smtp
