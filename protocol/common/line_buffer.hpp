@@ -14,9 +14,10 @@ class line_buffer {
   explicit line_buffer(std::size_t max_line) : max_line_(max_line) {}
 
   void append(std::string_view bytes) { buf_.append(bytes); }
-  // The next complete line without its CRLF/LF, or nullopt if none is complete yet.
+  // The next complete line without its CRLF/LF, or nullopt if none is complete yet or the next
+  // line is longer than the limit (then overflow() is true).
   std::optional<std::string> pop_line();
-  // True when the buffered partial line is already longer than the limit (caller should refuse).
+  // True when the next line, complete or not, is longer than the limit (caller should refuse).
   bool overflow() const;
   bool empty() const noexcept { return buf_.empty(); }
   std::string& data() noexcept { return buf_; }

@@ -342,3 +342,11 @@ TEST(SmtpLoginFlow, TwelveKilobyteAuthLineAccepted) {
                                     std::string(0, ' ') + "\r\n");
   EXPECT_TRUE(std::holds_alternative<authorize>(a));
 }
+
+TEST(SmtpLoginFlow, OverlongCompleteLineRefusedToo) {
+  driver d{opts()};
+  d.prepare();
+  auto a = d.feed(peer::client, "EHLO x\r\nNOOP " + std::string(20000, 'x') + "\r\n");
+  EXPECT_TRUE(std::holds_alternative<close_action>(a));
+  EXPECT_TRUE(d.to_client.ends_with("500 5.5.6 Line too long\r\n"));
+}
