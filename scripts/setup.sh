@@ -10,6 +10,7 @@ PACKAGES=(
   libssl-dev libtomlplusplus-dev libfmt-dev libspdlog-dev libcli11-dev libargon2-dev libgtest-dev
   # test bed: real servers standing in for Exchange Online, and real clients
   dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd
+  postfix swaks msmtp fetchmail
   openssl ca-certificates curl python3
 )
 

@@ -6,6 +6,9 @@
 - provider()/listener()/account() + write_config(): a proxy TOML config in a work dir.
 - Proxy: start `xoauth-proxy run --config`, wait for its "listening on" lines, stop it, read its log.
 - LineClient: a tiny raw IMAP/POP3 line client (one write per line; literals by hand).
+- SMTP: smtp_listener() (upstream = a Postfix endpoint from testbed.json), SmtpClient (raw SMTP:
+  multi-line replies, hand-made pipelining, STARTTLS, transcript), LogTail (what a server log gained),
+  strip_trace_headers() (drop Received/Return-Path/Delivered-To before comparing delivered mail).
 """
 
 from __future__ import annotations
@@ -344,3 +347,155 @@ class LineClient:
 
     def __exit__(self, *exc):
         self.close()
+
+
+# --- SMTP (issue 3) -------------------------------------------------------------------------------------------
+def smtp_listener(tls: str = "none", upstream: str = "submission", **over) -> dict:
+    """An SMTP listener on 127.0.0.1:0. upstream names a Postfix endpoint from testbed.json
+    (submission = STARTTLS, smtps = implicit TLS, submission_wronghost = 127.0.0.3 with a
+    certificate for another name) or is a literal host:port (then upstream_tls must be given)."""
+    tb = testbed_info()
+    ep = tb["postfix"].get(upstream)
+    d = {"protocol": "smtp", "listen": "127.0.0.1:0", "tls": tls}
+    if tls != "none":
+        d["cert_file"] = tb["certs"]["server"]["cert"]
+        d["key_file"] = tb["certs"]["server"]["key"]
+    if ep:
+        d["upstream"] = ep["address"]
+        d["upstream_tls"] = ep["tls"]
+    else:
+        d["upstream"] = upstream
+    d["upstream_ca_file"] = tb["ca_file"]
+    d.update(over)
+    return {k: v for k, v in d.items() if v is not None}
+
+
+class LogTail:
+    """What a log file (e.g. testbed.json logs.postfix / logs.dovecot) gained since construction."""
+
+    def __init__(self, path: str):
+        self.path = path
+        try:
+            self.offset = os.path.getsize(path)
+        except FileNotFoundError:
+            self.offset = 0
+
+    def new(self) -> str:
+        try:
+            with open(self.path, encoding="utf-8", errors="replace") as f:
+                f.seek(self.offset)
+                return f.read()
+        except FileNotFoundError:
+            return ""
+
+
+class SmtpReply:
+    def __init__(self, code: int, lines: list[str]):
+        self.code = code
+        self.lines = lines  # text after "NNN-" / "NNN "
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+    def __repr__(self):
+        return f"SmtpReply({self.code}, {self.lines!r})"
+
+
+class SmtpClient:
+    """Raw SMTP client: multi-line replies, pipelining by hand (send_raw), STARTTLS; bounded reads."""
+
+    def __init__(self, port: int, host: str = "127.0.0.1", tls: bool = False,
+                 ctx: ssl.SSLContext | None = None, timeout: float = 30.0):
+        self.host = host
+        self.ctx = ctx or client_ssl_context()
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        if tls:
+            self.sock = self.ctx.wrap_socket(self.sock, server_hostname=host)
+        self.f = self.sock.makefile("rb")
+        self.transcript: list[str] = []
+        self.greeting = self.reply()
+
+    def readline(self) -> str:
+        line = self.f.readline(1 << 16)
+        if not line:
+            raise EOFError("connection closed by peer")
+        text = line.decode("utf-8", "replace").rstrip("\r\n")
+        self.transcript.append("S: " + text)
+        return text
+
+    def reply(self) -> SmtpReply:
+        lines = []
+        for _ in range(1000):
+            line = self.readline()
+            if len(line) < 3 or not line[:3].isdigit() or (len(line) > 3 and line[3] not in " -"):
+                raise AssertionError(f"malformed SMTP reply line {line!r}")
+            lines.append(line[4:])
+            if len(line) == 3 or line[3] == " ":
+                return SmtpReply(int(line[:3]), lines)
+        raise AssertionError("reply has too many lines")
+
+    def send_raw(self, data: bytes):
+        self.transcript.append("C: " + data[:300].decode("latin-1").replace("\r\n", "\\r\\n")
+                               + ("..." if len(data) > 300 else ""))
+        self.sock.sendall(data)
+
+    def send(self, line: str):
+        self.send_raw(line.encode() + b"\r\n")
+
+    def cmd(self, line: str) -> SmtpReply:
+        self.send(line)
+        return self.reply()
+
+    def ehlo(self, name: str = "client.example") -> SmtpReply:
+        return self.cmd(f"EHLO {name}")
+
+    def starttls(self) -> SmtpReply:
+        r = self.cmd("STARTTLS")
+        if r.code != 220:
+            raise AssertionError(f"STARTTLS refused: {r}")
+        self.sock = self.ctx.wrap_socket(self.sock, server_hostname=self.host)
+        self.f = self.sock.makefile("rb")
+        return r
+
+    def closed_by_peer(self, timeout: float = 5.0) -> bool:
+        """True when the peer closes the connection (EOF or reset) within timeout."""
+        self.sock.settimeout(timeout)
+        try:
+            return self.f.read(1) == b""
+        except (ConnectionError, ssl.SSLError):
+            return True
+        except (socket.timeout, TimeoutError):
+            return False
+
+    def close(self):
+        # The makefile() object holds a reference: the descriptor closes only when both are closed.
+        for obj in (self.f, self.sock):
+            try:
+                obj.close()
+            except OSError:
+                pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# Trace header fields added by Postfix (Received) and Dovecot LMTP (Return-Path, Delivered-To, Received).
+TRACE_HEADERS = ("received", "return-path", "delivered-to", "x-original-to")
+
+
+def strip_trace_headers(msg: bytes) -> bytes:
+    """The message without the trace header fields the servers added (see TRACE_HEADERS)."""
+    head, sep, body = msg.partition(b"\r\n\r\n")
+    fields: list[bytes] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += b"\r\n" + line
+        else:
+            fields.append(line)
+    kept = [f for f in fields
+            if f.split(b":", 1)[0].strip().lower().decode("latin-1") not in TRACE_HEADERS]
+    return b"\r\n".join(kept) + sep + body

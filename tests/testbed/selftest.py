@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Self-test of the test bed itself (no proxy involved): mock IdP + Dovecot XOAUTH2.
+"""Self-test of the test bed itself (no proxy involved): mock IdP + Dovecot XOAUTH2 + Postfix
+submission (XOAUTH2 through Dovecot's auth socket, delivery over LMTP, read back over IMAP).
 
     python3 tests/testbed/selftest.py [--dir DIR] [--keep]
 
@@ -13,9 +14,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import hashlib
 import json
 import os
+import re
 import shutil
+import smtplib
 import socket
 import ssl
 import sys
@@ -87,6 +91,76 @@ class Conn:
             self.sock.close()
         except OSError:
             pass
+
+    def fetch_literal(self, text: str) -> bytes:
+        """Sends an IMAP command whose reply carries one literal (e.g. UID FETCH n BODY.PEEK[])."""
+        self.n += 1
+        tag = f"t{self.n}"
+        self.send(f"{tag} {text}")
+        data = None
+        for _ in range(1000):
+            raw = self.f.readline(1 << 20)
+            if not raw:
+                raise EOFError("connection closed")
+            m = re.search(rb"\{(\d+)\}\r\n$", raw)
+            if m and data is None:
+                data = self.f.read(int(m.group(1)))
+                continue
+            if raw.startswith(tag.encode() + b" "):
+                assert raw[len(tag) + 1:].startswith(b"OK"), raw
+                assert data is not None, "no literal in the reply"
+                return data
+        raise AssertionError("no tagged reply")
+
+
+def smtp_xoauth2(s: smtplib.SMTP, user: str, token: str) -> tuple[int, bytes]:
+    """AUTH XOAUTH2 without initial response (the token does not fit in 512 octets), then the
+    response line; an error challenge (334 <base64 JSON>) is answered with an empty line."""
+    code, resp = s.docmd("AUTH", "XOAUTH2")
+    if code != 334:
+        return code, resp
+    code, resp = s.docmd(xoauth2(user, token))
+    if code == 334:
+        code, resp = s.docmd("")
+    return code, resp
+
+
+def imap_find(user: str, message_id: str, timeout: float = 20.0) -> bytes:
+    """Logs in to Dovecot (imaps, XOAUTH2) as user and returns the message with that Message-ID
+    once it has arrived (polled)."""
+    tok = testbed.fetch_token(INFO)
+    c = Conn(INFO["dovecot"]["imaps"]["host"], INFO["dovecot"]["imaps"]["port"], tls=True)
+    try:
+        resp, _ = c.cmd(f"AUTHENTICATE XOAUTH2 {xoauth2(user, tok)}")
+        assert resp.startswith("OK"), resp
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            resp, _ = c.cmd("SELECT INBOX")
+            assert resp.startswith("OK"), resp
+            resp, lines = c.cmd(f'UID SEARCH HEADER Message-ID "{message_id}"')
+            uids = [u for line in lines if line.startswith("* SEARCH") for u in line.split()[2:]]
+            if uids:
+                return c.fetch_literal(f"UID FETCH {uids[-1]} (BODY.PEEK[])")
+            time.sleep(0.1)
+        raise AssertionError(f"{message_id} did not arrive in {user}'s INBOX within {timeout}s")
+    finally:
+        c.close()
+
+
+TRACE_HEADERS = ("received", "return-path", "delivered-to", "x-original-to")
+
+
+def strip_trace(msg: bytes) -> bytes:
+    """The message without the trace header fields that Postfix and Dovecot add on top."""
+    head, sep, body = msg.partition(b"\r\n\r\n")
+    fields: list[bytes] = []
+    for line in head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += b"\r\n" + line
+        else:
+            fields.append(line)
+    kept = [f for f in fields if f.split(b":", 1)[0].strip().lower().decode("latin-1") not in TRACE_HEADERS]
+    return b"\r\n".join(kept) + sep + body
 
 
 class TestbedSelfTest(unittest.TestCase):
@@ -271,6 +345,93 @@ class TestbedSelfTest(unittest.TestCase):
         self.assertEqual(stats["peak_concurrent_token_requests"], 5)
         self.assertEqual(stats["grants"]["client_credentials"], {"requests": 8, "successes": 6})
         self.assertEqual(stats["faults_injected"], 2)
+
+
+class PostfixSelfTest(unittest.TestCase):
+    def setUp(self):
+        testbed.admin(INFO, "reset", {"what": "stats,faults"})
+
+    def connect(self, name: str) -> smtplib.SMTP:
+        ep = INFO["postfix"][name]
+        ctx = testbed.ssl_context(INFO)
+        if ep["tls"] == "implicit":
+            s = smtplib.SMTP_SSL(ep["host"], ep["port"], timeout=20, context=ctx)
+        else:
+            s = smtplib.SMTP(ep["host"], ep["port"], timeout=20)
+            s.ehlo("selftest.invalid")
+            self.assertIn("starttls", s.esmtp_features)
+            self.assertNotIn("auth", s.esmtp_features, "AUTH must not be offered before STARTTLS")
+            s.starttls(context=ctx)
+        s.ehlo("selftest.invalid")
+        return s
+
+    def test_20_submission_xoauth2_delivered_over_lmtp(self):
+        tok = testbed.fetch_token(INFO)
+        sink = INFO["sinks"][0]
+        for name in ("submission", "smtps"):
+            with self.subTest(listener=name):
+                s = self.connect(name)
+                feats = s.esmtp_features
+                self.assertEqual(feats.get("auth", "").split(), ["XOAUTH2", "OAUTHBEARER"])
+                for ext in ("pipelining", "8bitmime", "chunking", "enhancedstatuscodes", "dsn", "smtputf8"):
+                    self.assertIn(ext, feats)
+                self.assertGreaterEqual(int(feats["size"]), 60 * 1024 * 1024)
+                code, resp = smtp_xoauth2(s, "scanner@contoso.test", tok)
+                self.assertEqual(code, 235, resp)
+                mid = f"<selftest-{name}-{time.time_ns()}@testbed.invalid>"
+                body = (f"Plain line\r\n..leading dot\r\n8-bit: \xe4\xf6\xfc\r\n"
+                        + "x" * 990 + "\r\n").encode("latin-1")
+                msg = (f"From: scanner@contoso.test\r\nTo: {sink}\r\nSubject: selftest {name}\r\n"
+                       f"Date: Thu, 01 Jan 2026 00:00:00 +0000\r\nMessage-ID: {mid}\r\n"
+                       f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=iso-8859-1\r\n"
+                       f"Content-Transfer-Encoding: 8bit\r\n\r\n").encode() + body
+                refused = s.sendmail("scanner@contoso.test", [sink], msg, mail_options=["BODY=8BITMIME"])
+                self.assertEqual(refused, {})
+                s.quit()
+                got = imap_find(sink, mid)
+                self.assertEqual(hashlib.sha256(strip_trace(got)).hexdigest(), hashlib.sha256(msg).hexdigest(),
+                                 f"message changed on the way:\n{got[:2000]!r}")
+        stats = testbed.admin(INFO, "stats")
+        self.assertGreaterEqual(stats["introspection"]["by_service"].get("smtp", 0), 2)
+
+    def test_21_postfix_refusals(self):
+        tok = testbed.fetch_token(INFO)
+        bad = tok[:-6] + ("AAAAAA" if not tok.endswith("AAAAAA") else "BBBBBB")
+        imap_only = next(x for x in INFO["clients"] if x["roles"] == ["IMAP.AccessAsApp"])
+        tok_imap_only = testbed.fetch_token(INFO, imap_only["client_id"], imap_only["client_secret"])
+        for label, token in (("bad signature", bad), ("IMAP-only token", tok_imap_only)):
+            with self.subTest(label):
+                s = self.connect("submission")
+                code, resp = s.docmd("AUTH", "XOAUTH2")
+                self.assertEqual(code, 334)
+                code, resp = s.docmd(xoauth2("scanner@contoso.test", token))
+                self.assertEqual(code, 334, resp)  # the RFC 7628 error challenge
+                self.assertEqual(json.loads(base64.b64decode(resp))["status"], "401")
+                code, resp = s.docmd("")
+                self.assertEqual(code, 535, resp)
+                self.assertTrue(resp.startswith(b"5.7.8"), resp)
+                s.close()
+        s = self.connect("smtps")
+        code, resp = s.mail("scanner@contoso.test")
+        self.assertEqual(code, 250)
+        code, resp = s.rcpt(INFO["sinks"][0])
+        self.assertGreaterEqual(code, 500, "unauthenticated mail must be refused")
+        s.rset()
+        code, resp = smtp_xoauth2(s, "scanner@contoso.test", tok)
+        self.assertEqual(code, 235, resp)
+        s.mail("scanner@contoso.test")
+        code, resp = s.rcpt("someone@example.com")
+        self.assertGreaterEqual(code, 500, "mail to other domains must be refused")
+        s.close()
+
+    def test_22_wronghost_listener(self):
+        ep = INFO["postfix"]["submission_wronghost"]
+        self.assertEqual(ep["host"], "127.0.0.3")
+        s = smtplib.SMTP(ep["host"], ep["port"], timeout=20)
+        s.ehlo("selftest.invalid")
+        with self.assertRaises(ssl.SSLCertVerificationError):
+            s.starttls(context=testbed.ssl_context(INFO))
+        s.close()
 
 
 def main() -> int:
