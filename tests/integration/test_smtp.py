@@ -991,11 +991,59 @@ class G_UpstreamTrust(SmtpTestCase):
 
 # ==========================================================================================================
 class H_AccountAllowedFrom(SmtpTestCase):
-    @unittest.skip("TODO: per-account allowed_from (MAIL FROM allow-list) is not implemented yet")
-    def test_todo_account_allowed_from_restricts_mail_from(self):
-        """An [[account]] with allowed_from = ["scanner@contoso.test", "*@fabrikam.test"] may send
-        MAIL FROM those addresses only; anything else gets 550 5.7.1 from the proxy and never
-        reaches Postfix."""
+    """An [[account]] with allowed_from may use those MAIL FROM addresses only: anything else gets
+    550 5.7.1 from the proxy and never reaches Postfix, pipelined or not, in any transaction."""
+
+    @classmethod
+    def setUpClass(cls):
+        accounts = [harness.account(SCANNER, PASSWORDS[SCANNER],
+                                    allowed_from=[SCANNER, "*@fabrikam.test"]),
+                    harness.account(RECEIVER, PASSWORDS[RECEIVER])]
+        cls.local_proxy = start_proxy(cls, [harness.smtp_listener("none", "submission",
+                                                                  ehlo_name=EHLO_NAME)], accounts)
+        cls.port = cls.local_proxy.ports[0]
+
+    def postfix_log(self) -> str:
+        path = harness.testbed_info()["logs"]["postfix"]
+        with open(path, errors="replace") as f:
+            return f.read()
+
+    def test_allowed_sender_is_delivered(self):
+        c = self.login_session(self.port)
+        mid, msg = make_message("allowed-from ok")
+        self.send_data(c, SCANNER, msg)
+        mid2, msg2 = make_message("allowed-from domain", sender="printer@fabrikam.test")
+        self.send_data(c, "printer@fabrikam.test", msg2)
+        self.assert_reply(c.cmd("QUIT"), 221)
+        self.assert_delivered({mid: msg, mid2: msg2})
+
+    def test_refused_sender_gets_550_and_never_reaches_postfix(self):
+        bad = f"boss-{uuid.uuid4().hex[:8]}@contoso.test"
+        c = self.login_session(self.port)
+        self.assert_reply(c.cmd(f"MAIL FROM:<{bad}>"), 550, "5.7.1")
+        self.assertGreaterEqual(c.cmd(f"RCPT TO:<{RECEIVER}>").code, 500)  # no transaction upstream
+        self.assert_reply(c.cmd("RSET"), 250)
+        # Pipelined: MAIL (refused) + RCPT + DATA in one segment; the replies keep their order.
+        c.send_raw(f"MAIL FROM:<{bad}>\r\nRCPT TO:<{RECEIVER}>\r\nDATA\r\n".encode())
+        self.assert_reply(c.reply(), 550, "5.7.1")
+        self.assertGreaterEqual(c.reply().code, 500)
+        self.assertGreaterEqual(c.reply().code, 500)
+        # The same session can still send as an allowed address.
+        self.assert_reply(c.cmd("RSET"), 250)
+        mid, msg = make_message("allowed-from after refusal")
+        self.send_data(c, SCANNER, msg)
+        self.assert_reply(c.cmd("QUIT"), 221)
+        self.assert_delivered({mid: msg})
+        self.assertNotIn(bad, self.postfix_log())
+        self.assertIn("refused 2 MAIL FROM", self.local_proxy.log())
+
+    def test_body_lines_that_look_like_commands_are_not_checked(self):
+        c = self.login_session(self.port)
+        body = b"MAIL FROM:<boss@contoso.test>\r\nRCPT TO:<x@y.z>\r\nnot a command\r\n"
+        mid, msg = make_message("allowed-from body", body=body)
+        self.send_data(c, SCANNER, msg)
+        self.assert_reply(c.cmd("QUIT"), 221)
+        self.assert_delivered({mid: msg})
 
 
 # ==========================================================================================================

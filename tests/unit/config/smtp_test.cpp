@@ -71,5 +71,28 @@ allow_from = ["192.168.10.0/24", "fd00::/8", "10.1.2.3"]
   EXPECT_EQ(r.cfg.listeners[1].upstream_tls, upstream_tls_mode::implicit);  // IMAP default
 }
 
+TEST_F(ConfigSmtp, AllowedFromPatterns) {
+  auto errs = errors_of(with_base(R"([[account]]
+login = "bob@contoso.com"
+provider = "contoso"
+password_hash = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2g"
+allowed_from = ["bob@contoso.com", "x*y@contoso.com", "<bob@contoso.com>", "nobody"]
+)"));
+  ASSERT_EQ(errs.size(), 3u);
+  EXPECT_NE(errs[0].find("'x*y@contoso.com' is not an address"), std::string::npos);
+  EXPECT_NE(errs[1].find("'<bob@contoso.com>' is not an address"), std::string::npos);
+  EXPECT_NE(errs[2].find("'nobody' is not an address"), std::string::npos);
+  auto r = load_string(with_base(R"([[account]]
+login = "bob@contoso.com"
+provider = "contoso"
+password_hash = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2g"
+allowed_from = ["bob@contoso.com", "*@fabrikam.com"]
+)"), "test.toml");
+  ASSERT_TRUE(r.ok());
+  EXPECT_EQ(r.cfg.accounts[0].allowed_from,
+            (std::vector<std::string>{"bob@contoso.com", "*@fabrikam.com"}));
+  EXPECT_TRUE(r.cfg.accounts[1].allowed_from.empty());
+}
+
 }  // namespace
 }  // namespace xo::config::test
