@@ -15,8 +15,8 @@ cmake --build "$BUILD_DIR" -j "$(nproc)"
 
 # Integration tests share one test bed (Dovecot + mock identity platform) per run.
 export XOAUTH_TESTBED_DIR="$BUILD_DIR/testbed"
-python3 tests/testbed/testbed.py start --dir "$XOAUTH_TESTBED_DIR"
-trap 'python3 tests/testbed/testbed.py stop --dir "$XOAUTH_TESTBED_DIR" || true' EXIT
+python3 "$ROOT/tests/testbed/testbed.py" start --dir "$XOAUTH_TESTBED_DIR"
+trap 'python3 "$ROOT/tests/testbed/testbed.py" stop --dir "$XOAUTH_TESTBED_DIR" || true' EXIT
 
 cd "$BUILD_DIR"
 ctest --output-on-failure "$@"
