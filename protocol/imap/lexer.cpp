@@ -116,7 +116,9 @@ command_reader::parse_result command_reader::parse_literal(std::size_t& pos, boo
   std::size_t start = lf + 1;
   if (buf_.size() - start < n) {
     if (sync && literal_index_ >= continuations_sent_) {
-      ++continuations_sent_;
+      // One continuation per literal, counted by literal position: literals that needed none
+      // (LITERAL+, or bytes that arrived early) must not make a later one ask twice.
+      continuations_sent_ = literal_index_ + 1;
       return parse_result::need_continuation;
     }
     return parse_result::need_more;

@@ -505,6 +505,13 @@ void login_flow::handle_upstream_line(const std::string& line) {
     upstream_untagged_.append(line).append("\r\n");
     return;
   }
+  if (!token_sent_) {
+    // A tagged answer before the token went out says nothing about the token: the server
+    // refused AUTHENTICATE XOAUTH2 itself (or misbehaves). Never splice on it.
+    upstream_failed("upstream answered AUTHENTICATE before the token was sent: " +
+                    line.substr(0, 200));
+    return;
+  }
   if (iequals_prefix(line, tagged_auth + "OK")) {
     std::string rest = line.substr(tagged_auth.size());
     if (!upstream_untagged_.empty()) write_client(std::exchange(upstream_untagged_, {}));

@@ -454,7 +454,9 @@ void login_flow::handle_upstream_reply(reply rep) {
         token_ = secret{};
         return;
       }
-      break;
+      // A final answer before the token was even sent says nothing about the token: the
+      // server refused AUTH XOAUTH2 itself (or misbehaves). Never splice on it.
+      return fail("upstream refused AUTH XOAUTH2");
     case up_state::token_sent:
       if (rep.code == 334) {
         // An error challenge (RFC 7628 §3.2.3 style): answer with an empty response and read the

@@ -78,7 +78,6 @@ class login_flow {
   reply_parser upstream_;
   ehlo_info up_ehlo_;
   bool client_tls_ = false;
-  bool greeted_ = false;
   bool said_ehlo_ = false;
   int auth_failures_ = 0;
   int errors_ = 0;

@@ -22,7 +22,7 @@ reply_parser::status reply_parser::poll() {
   for (;;) {
     auto lf = buf_.find('\n');
     if (lf == std::string::npos) {
-      if (buf_.size() > limits_.max_line) {
+      if (buf_.size() > limits_.max_line + 1) {  // +1: the CR may have arrived without its LF
         error_ = "reply line too long";
         return status::error;
       }

@@ -6,7 +6,7 @@ namespace xo::protocol::smtp {
 
 namespace {
 
-constexpr std::size_t max_command_line = 64 * 1024;
+constexpr std::size_t max_command_line = 8 * 1024;
 
 bool iequals(std::string_view a, std::string_view b) {
   if (a.size() != b.size()) return false;
@@ -17,11 +17,38 @@ bool iequals(std::string_view a, std::string_view b) {
   return true;
 }
 
+// What a server may take as a word separator (Postfix splits commands with isspace()).
+constexpr std::string_view blanks = " \t\r\n\v\f";
+
+std::string_view trim_blanks(std::string_view s) {
+  while (!s.empty() && blanks.find(s.front()) != std::string_view::npos) s.remove_prefix(1);
+  while (!s.empty() && blanks.find(s.back()) != std::string_view::npos) s.remove_suffix(1);
+  return s;
+}
+
+// The first word, ending at any blank or ':' (a superset of what servers take as the verb, so a
+// MAIL the server would accept is always seen here).
 std::string verb_of(std::string_view line) {
-  std::string v{line.substr(0, line.find_first_of(" :"))};
+  std::string v{line.substr(0, line.find_first_of(" \t\r\n\v\f:"))};
   for (char& c : v)
     if (c >= 'a' && c <= 'z') c = static_cast<char>(c - 'a' + 'A');
   return v;
+}
+
+// RFC 3030, exactly: "BDAT" SP chunk-size [SP "LAST"] (the line without its CRLF). Anything else
+// is not forwarded: a server that refuses the syntax would read the chunk as commands.
+bool parse_bdat(std::string_view line, std::uint64_t& size) {
+  if (line.size() < 6 || line[4] != ' ') return false;
+  std::string_view args = line.substr(5);
+  auto sp = args.find(' ');
+  std::string_view num = args.substr(0, sp);
+  if (num.empty() || num.size() > 15 || num.find_first_not_of("0123456789") != std::string_view::npos)
+    return false;
+  std::from_chars(num.data(), num.data() + num.size(), size);
+  if (sp == std::string_view::npos) return true;
+  std::string_view last = args.substr(sp + 1);
+  return last.size() == 4 && (last[0] | 0x20) == 'l' && (last[1] | 0x20) == 'a' &&
+         (last[2] | 0x20) == 's' && (last[3] | 0x20) == 't';
 }
 
 // "MAIL FROM:<a@b.c> SIZE=10" → "a@b.c"; "MAIL FROM:<>" → "".
@@ -62,17 +89,33 @@ void sender_filter::process(std::string& out) {
       case mode::data_reply:
         return;  // wait for the server's answer to DATA
       case mode::data:
-      case mode::bdat:
+      case mode::bdat: {
+        std::size_t before = held_.size();
         data_bytes(out);
+        if (held_.size() == before && mode_ == mode::data) return;  // needs more input
         break;
+      }
       case mode::command: {
         auto lf = held_.find('\n');
+        if (discarding_) {
+          // The rest of an overlong line: dropped here, answered once it ends.
+          held_.erase(0, lf == std::string::npos ? held_.size() : lf + 1);
+          if (lf == std::string::npos) return;
+          discarding_ = false;
+          substitute("500 5.5.6 Line too long\r\n", out);
+          break;
+        }
         if (lf == std::string::npos) {
           if (held_.size() > max_command_line) {
-            out.append(held_);  // not a command we understand; let the server judge it
+            discarding_ = true;
             held_.clear();
           }
           return;
+        }
+        if (lf > max_command_line) {
+          held_.erase(0, lf + 1);
+          substitute("500 5.5.6 Line too long\r\n", out);
+          break;
         }
         std::string line = held_.substr(0, lf + 1);
         held_.erase(0, lf + 1);
@@ -83,36 +126,51 @@ void sender_filter::process(std::string& out) {
   }
 }
 
+void sender_filter::substitute(std::string reply, std::string& out) {
+  out.append("NOOP\r\n");
+  expected_.push_back(expect::substitute);
+  substitutes_.push_back(std::move(reply));
+}
+
 void sender_filter::command_line(std::string line, std::string& out) {
   std::string_view text{line};
-  while (!text.empty() && (text.back() == '\n' || text.back() == '\r')) text.remove_suffix(1);
+  bool crlf = text.size() >= 2 && text[text.size() - 2] == '\r';
+  if (!text.empty() && text.back() == '\n') text.remove_suffix(1);
+  if (!text.empty() && text.back() == '\r') text.remove_suffix(1);
+  const std::string_view exact = text;  // only the line terminator removed
+  text = trim_blanks(text);
   std::string verb = verb_of(text);
   if (verb == "MAIL") {
     std::string sender = reverse_path(text);
     if (!sender_allowed(sender, allowed_)) {
       ++refused_;
       last_refused_ = sender;
-      out.append("NOOP\r\n");
-      expected_.push_back(expect::substitute);
-      substitutes_.push_back("550 5.7.1 Sender address <" + sender.substr(0, 256) +
-                             "> is not allowed for this login\r\n");
+      substitute("550 5.7.1 Sender address <" + sender.substr(0, 256) +
+                     "> is not allowed for this login\r\n",
+                 out);
       return;
     }
+  }
+  if (verb == "BDAT") {
+    std::uint64_t n = 0;
+    if (!parse_bdat(exact, n)) {
+      substitute("501 5.5.4 Syntax: BDAT chunk-size [LAST]\r\n", out);
+      return;
+    }
+    out.append(line);
+    expected_.push_back(expect::normal);
+    if (n > 0) {
+      bdat_left_ = n;
+      mode_ = mode::bdat;
+    }
+    return;
   }
   out.append(line);
   if (verb == "DATA") {
     expected_.push_back(expect::data);
     mode_ = mode::data_reply;
-  } else if (verb == "BDAT") {
-    auto rest = text.substr(std::min(text.size(), std::size_t{5}));
-    std::uint64_t n = 0;
-    auto [p, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), n);
-    (void)p;
-    expected_.push_back(expect::normal);
-    if (ec == std::errc{} && n > 0) {
-      bdat_left_ = n;
-      mode_ = mode::bdat;
-    }
+    line_start_ = crlf ? 1 : 2;
+    prev_ = '\n';
   } else {
     expected_.push_back(expect::normal);
   }
@@ -128,27 +186,47 @@ void sender_filter::data_bytes(std::string& out) {
     if (bdat_left_ == 0) mode_ = mode::command;
     return;
   }
-  static constexpr std::string_view eod = "\r\n.\r\n";
+  dot_bytes(out);
+}
+
+void sender_filter::dot_bytes(std::string& out) {
   std::size_t i = 0;
-  for (; i < held_.size(); ++i) {
+  const std::size_t n = held_.size();
+  while (i < n) {
     char c = held_[i];
-    if (c == eod[static_cast<std::size_t>(eod_state_)]) {
-      ++eod_state_;
-    } else {
-      eod_state_ = c == '\r' ? 1 : 0;
+    if (line_start_ != 0 && c == '.') {
+      if (i + 1 >= n) break;  // need the next byte to decide
+      char c1 = held_[i + 1];
+      if (c1 == '\r') {
+        if (i + 2 >= n) break;
+        if (held_[i + 2] == '\n') {
+          if (line_start_ == 1) {  // CRLF "." CRLF: the end of the data
+            out.append(".\r\n");
+            held_.erase(0, i + 3);
+            mode_ = mode::command;
+            expected_.push_back(expect::normal);  // the reply to the message
+            return;
+          }
+          out.append("..\r\n");  // bare LF "." CRLF: ambiguous, neutralised
+          i += 3;
+          line_start_ = 1;
+          prev_ = '\n';
+          continue;
+        }
+      } else if (c1 == '\n') {
+        out.append("..\n");  // "." bare LF: ambiguous, neutralised
+        i += 2;
+        line_start_ = 2;
+        prev_ = '\n';
+        continue;
+      }
     }
-    if (eod_state_ == 5) {
-      ++i;
-      out.append(held_, 0, i);
-      held_.erase(0, i);
-      eod_state_ = 2;
-      mode_ = mode::command;
-      expected_.push_back(expect::normal);  // the reply to the message
-      return;
-    }
+    out.push_back(c);
+    ++i;
+    line_start_ = c == '\n' ? (prev_ == '\r' ? 1 : 2) : 0;
+    prev_ = c;
   }
-  out.append(held_);
-  held_.clear();
+  held_.erase(0, i);
 }
 
 void sender_filter::from_upstream(std::string_view in, std::string& out) {
@@ -172,10 +250,8 @@ void sender_filter::from_upstream(std::string_view in, std::string& out) {
       substitutes_.pop_front();
       continue;
     }
-    if (e == expect::data && mode_ == mode::data_reply) {
+    if (e == expect::data && mode_ == mode::data_reply)
       mode_ = r.code == 354 ? mode::data : mode::command;
-      eod_state_ = 2;
-    }
     out.append(r.raw);
   }
 }

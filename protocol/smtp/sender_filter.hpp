@@ -7,6 +7,13 @@
 // replaced by "550 5.7.1 ..." on its way back, so replies stay in order with pipelining and each
 // direction is written by one side only. Message bodies pass untouched: DATA bodies up to the
 // "." line (only after the server's 354), and BDAT chunks by their byte count.
+//
+// The filter must never disagree with the server about where commands are (that is how a
+// command would slip past it, as in SMTP smuggling). So: a "." line next to a bare LF, which
+// some servers take as the end of the data and others do not, is dot-stuffed to ".." (it can
+// then end the data for nobody); a BDAT that is not exactly "BDAT size [LAST]", and an overlong
+// command line, are not forwarded (a NOOP goes instead, answered with 501/500); verbs are found
+// after leading blanks and end at a space, a tab or a colon.
 #include "protocol/smtp/reply_parser.hpp"
 
 #include <cstdint>
@@ -42,12 +49,17 @@ class sender_filter {
   void process(std::string& out);
   void command_line(std::string line, std::string& out);
   void data_bytes(std::string& out);
+  void dot_bytes(std::string& out);
+  void substitute(std::string reply, std::string& out);
 
   std::vector<std::string> allowed_;
   mode mode_ = mode::command;
   std::string held_;           // client bytes not processed yet
   std::uint64_t bdat_left_ = 0;
-  int eod_state_ = 2;          // progress through "\r\n.\r\n"; 2 = at the start of a line
+  // DATA body scanning: 0 = inside a line, 1 = at a line start after CRLF, 2 = after a bare LF.
+  int line_start_ = 1;
+  char prev_ = '\n';
+  bool discarding_ = false;    // skipping the rest of an overlong command line
   std::deque<expect> expected_;
   std::deque<std::string> substitutes_;
   reply_parser replies_;

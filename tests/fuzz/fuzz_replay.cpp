@@ -5,8 +5,13 @@
 //   fuzz_replay DIR                 the same with DIR as <corpus>
 //   fuzz_replay TARGET FILE...      the given files through one target, e.g. to reproduce a
 //                                   crash: fuzz_replay fuzz_imap_flow tests/fuzz/crashes/x
-// A broken invariant aborts (exit by signal); a missing or empty corpus directory is an error.
+// A broken invariant aborts (exit by signal); so does an input that runs longer than
+// XO_FUZZ_TIMEOUT seconds (default 10: a hang, libFuzzer's -timeout). A missing or empty corpus
+// directory is an error.
 #include "fuzz_common.hpp"
+
+#include <csignal>
+#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -33,7 +38,25 @@ struct target {
 const target targets[] = {XO_FUZZ_TARGETS(XO_FUZZ_ROW)};
 #undef XO_FUZZ_ROW
 
+// The input being run, for the timeout message (written from a signal handler).
+char current[4096];
+
+extern "C" void on_timeout(int) {
+  static const char msg[] = "\n*** fuzz_replay: input runs too long (a hang?): ";
+  (void)!::write(2, msg, sizeof msg - 1);
+  (void)!::write(2, current, std::strlen(current));
+  (void)!::write(2, "\n", 1);
+  std::abort();
+}
+
+unsigned timeout_seconds() {
+  const char* v = std::getenv("XO_FUZZ_TIMEOUT");
+  int n = v ? std::atoi(v) : 10;
+  return n > 0 ? static_cast<unsigned>(n) : 10;
+}
+
 bool run_file(const target& t, const fs::path& p) {
+  std::snprintf(current, sizeof current, "%s %s", t.name, p.c_str());
   std::ifstream f{p, std::ios::binary};
   if (!f) {
     std::cerr << "fuzz_replay: cannot read " << p << "\n";
@@ -42,7 +65,9 @@ bool run_file(const target& t, const fs::path& p) {
   std::vector<char> buf{std::istreambuf_iterator<char>{f}, std::istreambuf_iterator<char>{}};
   static const std::uint8_t empty = 0;
   const auto* d = buf.empty() ? &empty : reinterpret_cast<const std::uint8_t*>(buf.data());
+  ::alarm(timeout_seconds());
   t.run(d, buf.size());
+  ::alarm(0);
   return true;
 }
 
@@ -93,6 +118,7 @@ int replay_all(const fs::path& root) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::signal(SIGALRM, on_timeout);
   if (argc >= 3) {
     const target* t = find(argv[1]);
     if (!t) {

@@ -490,11 +490,7 @@ def main():
         print(f"{target}: {len(seeds)} seeds")
 
 
-if __name__ == "__main__":
-    main()
-
-
-# ---------------------------------------------------------------- known findings (crashes/)
+# ---------------------------------------------------------------- fixed findings (regressions)
 # Inputs that break an invariant until the bug is fixed. fuzz_replay does not run crashes/; once
 # fixed, move the file into corpus/<target>/ (drop the "known-" prefix) so it stays fixed.
 CRASHES = pathlib.Path(__file__).resolve().parent / "crashes"
@@ -502,6 +498,12 @@ known = {}
 
 
 def crash(target, name, data):
+    # Every finding so far is fixed: it is replayed as a seed so it stays fixed. A new, unfixed
+    # finding goes to crashes/ with known(...) until its fix lands.
+    seed(target, "regression-" + name, data)
+
+
+def known_finding(target, name, data):
     known.setdefault(target, {})[name] = data
 
 
@@ -519,6 +521,17 @@ crash("fuzz_smtp_sender_filter", "leading-space",
 crash("fuzz_smtp_sender_filter", "bare-lf-end-of-data",
       bytes([3, 0]) + chunks([(C, "MAIL FROM:<scanner@contoso.com>\r\nRCPT TO:<a@b.c>\r\nDATA\r\n"
                                   "x\n.\n" + EVIL + "RCPT TO:<a@b.c>\r\nDATA\r\nbody\r\n.\r\n")]))
+# BDAT in a form a strict server refuses (then reads the chunk as commands): only the exact
+# "BDAT" SP size [SP "LAST"] may be forwarded as a chunk.
+crash("fuzz_smtp_sender_filter", "bdat-tab", bytes([1, 0]) + chunks([(C, "BDAT\t27\r\n" + EVIL)]))
+crash("fuzz_smtp_sender_filter", "bdat-two-spaces", bytes([1, 0]) + chunks([(C, "BDAT  27\r\n" + EVIL)]))
+crash("fuzz_smtp_sender_filter", "bdat-trailing-space", bytes([1, 0]) + chunks([(C, "BDAT 27 \r\n" + EVIL)]))
+# White space as Postfix's ISSPACE sees it: also VT, FF and CR.
+crash("fuzz_smtp_sender_filter", "ff-before-verb", bytes([5, 0]) + chunks([(C, "\x0cMAIL FROM:<evil@evil.com>\r\n")]))
+crash("fuzz_smtp_sender_filter", "vt-after-verb", bytes([5, 0]) + chunks([(C, "MAIL\x0bFROM:<evil@evil.com>\r\n")]))
+# A "." at a line start that is the last byte read in DATA (the filter must wait for the next one).
+crash("fuzz_smtp_sender_filter", "data-dot-at-end-of-read",
+      bytes([1, 0]) + chunks([(C, "MAIL FROM:<scanner@contoso.com>\r\nRCPT TO:<a@b.c>\r\nDATA\r\nhello\r\n.")]))
 crash("fuzz_imap_flow", "ok-before-continuation",
       flow(0, [(C, "a1 LOGIN u p\r\n"), (U, "* OK ready\r\n"),
                (U, "* CAPABILITY IMAP4rev1 AUTH=XOAUTH2\r\nxo2 OK done\r\n"), (U, "xo3 OK no token needed\r\n")]))
@@ -549,4 +562,5 @@ def write_known():
 
 
 if __name__ == "__main__":
+    main()
     write_known()
