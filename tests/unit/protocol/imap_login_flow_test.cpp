@@ -331,3 +331,17 @@ TEST(ImapLoginFlow, ClientDisconnectCloses) {
   d.flow.on_io_done(false);
   EXPECT_TRUE(std::holds_alternative<xo::protocol::close>(d.run()));
 }
+
+TEST(ImapLoginFlow, TaggedAnswerBeforeTheTokenIsAnUpstreamFailure) {
+  for (const char* answer : {"xo3 OK done\r\n", "xo3 NO [CANNOT] no XOAUTH2 here\r\n"}) {
+    driver d;
+    d.feed_client("t LOGIN u p\r\n");
+    d.flow.on_authorized(ok_outcome());
+    d.run();
+    d.feed_upstream("* OK [CAPABILITY IMAP4rev1 AUTH=XOAUTH2] ready\r\n");
+    auto a = d.feed_upstream(answer);
+    EXPECT_TRUE(std::holds_alternative<read_from>(a)) << answer;
+    EXPECT_NE(d.to_client.find("t NO [UNAVAILABLE]"), std::string::npos) << answer;
+    EXPECT_EQ(std::count(d.events.begin(), d.events.end(), "token-rejected"), 0) << answer;
+  }
+}

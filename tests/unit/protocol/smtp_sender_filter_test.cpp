@@ -103,3 +103,43 @@ TEST(SmtpSenderFilter, GarbageFromServerBreaksTheFilter) {
   r.server("hello there\r\n");
   EXPECT_TRUE(r.f.broken());
 }
+
+// SMTP smuggling: the filter and the server must agree on where the data ends.
+TEST(SmtpSenderFilter, BareLfDotLinesAreNeutralised) {
+  run r;
+  r.client("MAIL FROM:<scanner@contoso.com>\r\nRCPT TO:<a@b.c>\r\nDATA\r\n");
+  r.server("250 Ok\r\n250 Ok\r\n354 go\r\n");
+  r.client("x\n.\nMAIL FROM:<evil@x.y>\r\n\r\n.\n\r\n.\r\n");
+  EXPECT_TRUE(r.up.ends_with("DATA\r\nx\n..\nMAIL FROM:<evil@x.y>\r\n\r\n..\n\r\n.\r\n")) << r.up;
+  EXPECT_EQ(r.f.refused(), 0u);  // it was body text, for the server too
+}
+
+TEST(SmtpSenderFilter, LooseBdatSyntaxIsNotForwarded) {
+  for (std::string bad : {"BDAT 27 \r\n", "BDAT\t27\r\n", "BDAT  27\r\n", "BDAT 27x\r\n",
+                          "BDAT:27\r\n", "BDAT 27 LAST now\r\n"}) {
+    run r;
+    r.client(bad + "MAIL FROM:<evil@evil.com>\r\n");
+    EXPECT_EQ(r.up, "NOOP\r\nNOOP\r\n") << bad;
+    r.server("250 Ok\r\n250 Ok\r\n");
+    EXPECT_TRUE(r.down.starts_with("501 5.5.4")) << r.down;
+    EXPECT_NE(r.down.find("550 5.7.1"), std::string::npos);
+  }
+}
+
+TEST(SmtpSenderFilter, WhitespaceVariantsOfMailAreChecked) {
+  for (std::string v : {"\fMAIL FROM:<e@x.y>\r\n", "MAIL\vFROM:<e@x.y>\r\n", " MAIL FROM:<e@x.y>\r\n",
+                        "mail\tfrom:<e@x.y>\r\n", "MAIL FROM:<e@x.y>\n"}) {
+    run r;
+    r.client(v);
+    EXPECT_EQ(r.up, "NOOP\r\n") << v;
+  }
+}
+
+TEST(SmtpSenderFilter, LoneDotAtTheEndOfAReadWaitsForMore) {
+  run r;
+  r.client("MAIL FROM:<scanner@contoso.com>\r\nRCPT TO:<a@b.c>\r\nDATA\r\n");
+  r.server("250 Ok\r\n250 Ok\r\n354 go\r\n");
+  r.client("body\r\n.");  // must return, not spin
+  r.client("\r\nQUIT\r\n");
+  EXPECT_TRUE(r.up.ends_with("body\r\n.\r\nQUIT\r\n"));
+}
