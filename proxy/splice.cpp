@@ -30,8 +30,18 @@ awaitable<void> pump(mail_stream& from, mail_stream& to, std::uint64_t& moved, r
     if (wec) break;
     moved += n;
   }
-  to.shutdown_send();
+  // Pass a half-close on only over plain TCP: under TLS a bare TCP shutdown (no close_notify)
+  // makes servers such as Dovecot drop the connection, and the replies still owed are lost.
+  if (!to.tls_active()) to.shutdown_send();
   if (st.finished++ == 0) st.first_end = label;
+}
+
+// The client direction, then the grace period for the upstream's last replies. Sequential on
+// purpose: `pump && sleep_for` would start the grace timer at login.
+awaitable<void> client_then_grace(mail_stream& client, mail_stream& upstream, std::uint64_t& moved,
+                                  relay_state& st, std::chrono::seconds grace) {
+  co_await pump(client, upstream, moved, st, "client closed");
+  co_await sleep_for(grace);
 }
 
 // Sleeps until the idle deadline and re-checks; an active session costs one wake-up per
@@ -68,10 +78,9 @@ awaitable<relay_result> relay(mail_stream& client, mail_stream& upstream,
   // When the client stops sending, the upstream may still owe it replies (a QUIT's "221"): keep
   // relaying toward the client until the upstream closes or the grace period ends. When the
   // upstream closes, the session is over: nothing the client sends can be delivered any more.
-  auto r = co_await ((pump(client, upstream, res.client_to_upstream, st, "client closed") &&
-                      sleep_for(opt.half_close_grace)) ||
-                     pump(upstream, client, res.upstream_to_client, st, "upstream closed") ||
-                     watchdog(st, opt));
+  auto r = co_await (
+      client_then_grace(client, upstream, res.client_to_upstream, st, opt.half_close_grace) ||
+      pump(upstream, client, res.upstream_to_client, st, "upstream closed") || watchdog(st, opt));
   switch (r.index()) {
     case 0: res.end = st.first_end + ", then grace timeout"; break;
     case 1: res.end = st.first_end; break;
@@ -126,7 +135,14 @@ awaitable<void> filtered_client_side(mail_stream& client, mail_stream& upstream,
     st.filter.from_client(std::string_view{buf.data(), n}, out);
   }
   st.client_done = true;
-  upstream.shutdown_send();
+  if (!upstream.tls_active()) upstream.shutdown_send();
+}
+
+awaitable<void> filtered_client_then_grace(mail_stream& client, mail_stream& upstream,
+                                           filtered_state& st, std::uint64_t& moved,
+                                           std::string first, std::chrono::seconds grace) {
+  co_await filtered_client_side(client, upstream, st, moved, std::move(first));
+  co_await sleep_for(grace);
 }
 
 awaitable<void> filtered_upstream_side(mail_stream& client, mail_stream& upstream,
@@ -148,7 +164,7 @@ awaitable<void> filtered_upstream_side(mail_stream& client, mail_stream& upstrea
     if (st.filter.broken()) break;
   }
   st.upstream_done = true;
-  client.shutdown_send();
+  if (!client.tls_active()) client.shutdown_send();
 }
 
 awaitable<void> filtered_watchdog(filtered_state& st, relay_options opt) {
@@ -181,9 +197,8 @@ awaitable<filtered_result> relay_smtp_filtered(mail_stream& client, mail_stream&
     res.upstream_to_client += n;
   }
   filtered_state st{co_await asio::this_coro::executor, std::move(allowed_senders)};
-  auto r = co_await ((filtered_client_side(client, upstream, st, res.client_to_upstream,
-                                           std::move(client_leftover)) &&
-                      sleep_for(opt.half_close_grace)) ||
+  auto r = co_await (filtered_client_then_grace(client, upstream, st, res.client_to_upstream,
+                                                std::move(client_leftover), opt.half_close_grace) ||
                      filtered_upstream_side(client, upstream, st, res.upstream_to_client) ||
                      filtered_watchdog(st, opt));
   switch (r.index()) {

@@ -299,6 +299,35 @@ class A_StandardProxy(ProxyTestCase):
             resp, _ = c.cmd("i4", "LOGOUT")
             self.assert_tagged(resp, "OK")
 
+    def test_client_half_close_still_gets_the_replies(self):
+        """A client that sends its last commands and shuts down its sending side (as `printf ... |
+        nc` does) must still receive every reply; the relay must not drop the upstream early."""
+        import socket as socketlib
+        s = socketlib.create_connection(("127.0.0.1", self.port["none"]), timeout=30)
+        try:
+            s.recv(4096)  # greeting
+            s.sendall(f'h1 LOGIN "{SCANNER}" "{PASSWORDS[SCANNER]}"\r\n'.encode())
+            buf = b""
+            while b"h1 " not in buf:
+                chunk = s.recv(65536)
+                self.assertTrue(chunk, "connection closed during login")
+                buf += chunk
+            self.assertIn(b"h1 OK", buf)
+            s.sendall(b"h2 SELECT INBOX\r\nh3 FETCH 1:* BODY.PEEK[]\r\nh4 LOGOUT\r\n")
+            s.shutdown(socketlib.SHUT_WR)
+            out = b""
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                out += chunk
+        finally:
+            s.close()
+        self.assertIn(b"h2 OK", out)
+        self.assertIn(b"h3 OK", out)
+        self.assertIn(b"h4 OK", out)
+
     def test_zz_no_secrets_in_log(self):
         log = self.proxy.log()
         self.assertTrue(log, "proxy log is empty")
