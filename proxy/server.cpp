@@ -34,10 +34,17 @@ struct server_state {
 
 void raise_fd_limit() {
   rlimit rl{};
-  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+  if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return;
+  if (rl.rlim_cur < rl.rlim_max) {
     rl.rlim_cur = rl.rlim_max;
     setrlimit(RLIMIT_NOFILE, &rl);
+    getrlimit(RLIMIT_NOFILE, &rl);
   }
+  // Each relayed session holds two descriptors (client and upstream).
+  logger("proxy")->info("open-file limit {}: room for about {} concurrent sessions "
+                        "(raise LimitNOFILE / ulimit -n for more)",
+                        static_cast<unsigned long long>(rl.rlim_cur),
+                        static_cast<unsigned long long>(rl.rlim_cur > 64 ? (rl.rlim_cur - 64) / 2 : 0));
 }
 
 tcp::endpoint parse_endpoint(const config::host_port& hp) {
