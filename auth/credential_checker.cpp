@@ -8,10 +8,12 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
 
 #include <algorithm>
 #include <atomic>
+#include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <unordered_map>
@@ -53,6 +55,18 @@ struct credential_checker::impl {
 
   std::once_flag dummy_once;
   std::string dummy;
+
+  // Single flight: concurrent checks of the same (hash, password) share one argon2 run.
+  // Touched on the callers' (I/O) executor only.
+  struct inflight {
+    explicit inflight(asio::any_io_executor ex) : done(std::move(ex)) {
+      done.expires_at(std::chrono::steady_clock::time_point::max());
+    }
+    asio::steady_timer done;  // cancelled when the result is known
+    bool finished = false;
+    bool result = false;
+  };
+  std::unordered_map<std::string, std::shared_ptr<inflight>> running;
 
   asio::thread_pool pool;  // last: joined (in ~impl) before the members its work uses go away
 };
@@ -124,16 +138,42 @@ credential_checker::~credential_checker() = default;
 
 awaitable<bool> credential_checker::verify(std::string encoded_hash, secret password) {
   std::string key;
+  std::shared_ptr<impl::inflight> flight;
   if (!encoded_hash.empty()) {
     key = impl_->digest(encoded_hash, password);
     if (impl_->cached(key)) co_return true;
+    if (auto it = impl_->running.find(key); it != impl_->running.end()) {
+      auto f = it->second;  // keeps the state alive after the leader erased it
+      while (!f->finished) {
+        co_await f->done.async_wait(use_nothrow);
+        auto cs = co_await asio::this_coro::cancellation_state;
+        if (cs.cancelled() != asio::cancellation_type::none) co_return false;
+      }
+      co_return f->result;
+    }
+    flight = std::make_shared<impl::inflight>(co_await asio::this_coro::executor);
+    impl_->running.emplace(key, flight);
   }
+  struct finish {
+    impl* self;
+    const std::string& key;
+    std::shared_ptr<impl::inflight>& flight;
+    bool ok = false;
+    ~finish() {
+      if (!flight) return;
+      flight->finished = true;
+      flight->result = ok;
+      flight->done.cancel();
+      self->running.erase(key);
+    }
+  } fin{impl_.get(), key, flight};
   // co_spawn on the pool, awaited with use_awaitable: the completion comes back on this
   // coroutine's executor, so the caller never continues on a pool thread.
   const bool ok = co_await asio::co_spawn(
       impl_->pool.get_executor(), impl::slow_verify(impl_.get(), encoded_hash, std::move(password)),
       asio::use_awaitable);
-  if (ok) impl_->remember(std::move(key));
+  fin.ok = ok;
+  if (ok) impl_->remember(key);
   co_return ok;
 }
 

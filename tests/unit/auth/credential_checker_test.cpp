@@ -106,3 +106,31 @@ TEST_F(CredentialChecker, ManyConcurrentChecks) {
 
 }  // namespace
 }  // namespace xo::auth
+
+namespace xo::auth {
+namespace {
+
+// A login storm of one account costs one argon2 run, not one per connection; a different
+// (wrong) password is never answered from that shared run.
+TEST_F(CredentialChecker, ConcurrentChecksOfOneCredentialShareOneRun) {
+  credential_checker c{io.get_executor(), 2, 300s, &fake_now};
+  int ok = 0, bad = 0;
+  for (int i = 0; i < 20; ++i) {
+    asio::co_spawn(io, check(&c, good_hash, secret{"s3cret"}), [&](std::exception_ptr e, bool r) {
+      if (e) std::rethrow_exception(e);
+      ok += r;
+    });
+  }
+  asio::co_spawn(io, check(&c, good_hash, secret{"wrong"}), [&](std::exception_ptr e, bool r) {
+    if (e) std::rethrow_exception(e);
+    bad += !r;
+  });
+  io.restart();
+  io.run();
+  EXPECT_EQ(ok, 20);
+  EXPECT_EQ(bad, 1);
+  EXPECT_EQ(c.slow_checks(), 2u);
+}
+
+}  // namespace
+}  // namespace xo::auth
