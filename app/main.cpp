@@ -5,7 +5,6 @@
 #include "proxy/server.hpp"
 
 #include <CLI/CLI.hpp>
-#include <openssl/crypto.h>
 #include <termios.h>
 #include <unistd.h>
 
@@ -80,8 +79,7 @@ int cmd_hash_password() {
     std::fprintf(stderr, "hash-password: no password given on standard input\n");
     return 1;
   }
-  xo::secret pw{std::move(line)};
-  OPENSSL_cleanse(line.data(), line.size());
+  xo::secret pw{std::move(line)};  // wiped when it goes out of scope
   std::printf("%s\n", xo::auth::hash_password(pw).c_str());
   return 0;
 }

@@ -146,13 +146,18 @@ command_reader::parse_result command_reader::parse(std::size_t& consumed) {
   std::size_t line_start = 0;
   std::size_t pos = 0;
   auto line_end = [&]() { return buf_.find('\n', pos); };
-  auto too_long = [&]() { return buf_.size() - line_start > limits_.max_line; };
+  // The limit holds however the line arrived: complete in one read or in pieces (+1 for a CR).
+  auto too_long = [&]() {
+    std::size_t lf_at = buf_.find('\n', line_start);
+    std::size_t len = (lf_at == npos ? buf_.size() : lf_at) - line_start;
+    return len > limits_.max_line + (lf_at == npos ? 0 : 1);
+  };
   std::size_t lf = line_end();
-  if (lf == npos) {
-    if (!too_long()) return parse_result::need_more;
+  if (too_long()) {
     fail("Line too long", true);
     return parse_result::bad;
   }
+  if (lf == npos) return parse_result::need_more;
   // tag SP name
   std::size_t sp = buf_.find_first_of(" \r\n", 0);
   std::string_view tag{buf_.data(), sp};
@@ -238,11 +243,11 @@ command_reader::parse_result command_reader::parse(std::size_t& consumed) {
       }
       if (r != parse_result::done) return r;
       line_start = pos;
-      if (line_end() == npos) {
-        if (!too_long()) return parse_result::need_more;
+      if (too_long()) {
         fail("Line too long", true);
         return parse_result::bad;
       }
+      if (line_end() == npos) return parse_result::need_more;
       continue;
     }
     if (!is_arg_char(c)) {

@@ -338,6 +338,45 @@ class A_StandardProxy(ProxyTestCase):
 
 
 # --------------------------------------------------------------------------------------------------------
+class A2_PreLoginTimeout(ProxyTestCase):
+    """Every pre-login step is bounded: a client that connects and says nothing, or stops in the
+    middle of a command, is disconnected after login_timeout, and nothing is left behind."""
+
+    @classmethod
+    def setUpClass(cls):
+        workdir = tempfile.mkdtemp(prefix="xoauth-imap-timeout-")
+        cls.addClassCleanup(shutil.rmtree, workdir, True)
+        cfg = harness.write_config(workdir, [harness.provider(workdir)],
+                                   [harness.listener(tls="none", upstream="imaps")],
+                                   [harness.account(SCANNER, PASSWORDS[SCANNER])],
+                                   proxy={"login_timeout": 1})
+        cls.proxy = harness.Proxy(cfg, 1, workdir)
+        cls.addClassCleanup(cls.proxy.stop)
+        cls.proxy.start()
+
+    def wait_closed(self, payload: bytes) -> float:
+        import socket as socketlib
+        s = socketlib.create_connection(("127.0.0.1", self.proxy.ports[0]), timeout=15)
+        try:
+            s.recv(4096)  # greeting
+            if payload:
+                s.sendall(payload)
+            t0 = time.monotonic()
+            while s.recv(4096):
+                pass
+            return time.monotonic() - t0
+        finally:
+            s.close()
+
+    def test_silent_client_is_disconnected(self):
+        self.assertLess(self.wait_closed(b""), 10)
+
+    def test_client_stuck_mid_literal_is_disconnected(self):
+        self.assertLess(self.wait_closed(b"a LOGIN {5}\r\n"), 10)
+        self.assertIn("client timeout before login", self.proxy.log())
+
+
+# --------------------------------------------------------------------------------------------------------
 class B_UpstreamStartTLS(ProxyTestCase):
     def test_upstream_starttls_to_forced_tls_listener(self):
         ep = tb()["dovecot"]["imap_starttls_forced"]

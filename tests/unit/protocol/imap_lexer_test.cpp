@@ -151,6 +151,18 @@ TEST(ImapLexer, OverlongLineIsFatal) {
   EXPECT_TRUE(f.errors[0].fatal);
 }
 
+TEST(ImapLexer, OverlongCompleteLineIsFatalHoweverItArrives) {
+  std::string in = "a LOGIN " + std::string(12000, 'x') + " y\r\n";
+  for (std::size_t chunk : {std::size_t{4096}, in.size()}) {
+    auto f = feed(in, chunk);
+    ASSERT_EQ(f.errors.size(), 1u) << chunk;
+    EXPECT_TRUE(f.errors[0].fatal) << chunk;
+    EXPECT_TRUE(f.cmds.empty()) << chunk;
+  }
+  auto ok = feed("a LOGIN " + std::string(8180, 'x') + " y\r\n", 4096);  // within the limit
+  EXPECT_EQ(ok.cmds.size(), 1u);
+}
+
 TEST(ImapLexer, TagValidity) {
   EXPECT_TRUE(is_valid_tag("a1"));
   EXPECT_TRUE(is_valid_tag("A.1"));
