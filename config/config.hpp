@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -55,6 +56,18 @@ struct proxy_settings {
   std::chrono::seconds idle_timeout{1800};         // relay idle limit; >= 30 min (RFC 3501 §5.4)
   std::chrono::seconds token_timeout{30};          // one token request to the identity platform
   std::chrono::seconds credential_cache_ttl{300};  // verified local passwords kept in memory
+  // Admin HTTP listener (OAuth redirect callback, status page, health): "" disables it.
+  // Port 0 picks a free port (tests); the bound address is written to <state_dir>/admin.json.
+  std::string admin_listen = "127.0.0.1:8025";
+  std::optional<host_port> admin_address;  // parsed admin_listen; nullopt when disabled
+  // What the administrator registers in Azure is public_base_url + "/sso/oauth_callback".
+  // Empty: "http://localhost:<admin port>".
+  std::string public_base_url;
+  // 32 random bytes (raw, hex or base64): encrypts the token store for unattended accounts.
+  // Empty: every account's tokens are encrypted with a key derived from its local password.
+  std::string token_key_file;
+  std::chrono::seconds refresh_ahead{300};        // refresh access tokens this long before expiry
+  std::chrono::seconds token_keepalive{604800};   // refresh idle grants at least this often
 };
 
 struct provider {
@@ -65,7 +78,12 @@ struct provider {
   std::string authority = "https://login.microsoftonline.com";  // no trailing slash
   std::string ca_file;   // optional extra trust anchors for the authority
   std::vector<std::string> scopes;  // empty: the flow's default
+  // Client assertion (certificate credential) instead of a secret: PEM files.
+  std::string certificate_file;
+  std::string private_key_file;
   source_pos where;
+  // A confidential client: it has a secret or a certificate to prove who it is.
+  bool has_client_credential() const { return !client_secret.empty() || !certificate_file.empty(); }
   // "{authority}/{tenant}/oauth2/v2.0/token"
   std::string token_endpoint() const;
   // Where client_secret came from, never its value: "file /path", "environment variable NAME",
@@ -95,11 +113,17 @@ struct account {
   std::string provider;  // name of a [[provider]]
   flow_kind flow = flow_kind::client_credentials;
   std::string mailbox;   // XOAUTH2 user=; empty means "the login the client sent"
-  std::string password_hash;  // argon2id PHC string
+  std::string password_hash;  // argon2id PHC string; optional for flow = "password"
   // SMTP: MAIL FROM addresses this login may use ("a@b.c" or "*@b.c"); empty = any.
   std::vector<std::string> allowed_from;
   source_pos where;
   bool is_wildcard() const { return login.starts_with("*@"); }
+  // Delegated flows carry a per-user grant (refresh token) kept in the token store.
+  bool delegated() const { return flow != flow_kind::client_credentials; }
+  // Interactive flows are authorized once by an administrator or user (authorize CLI, admin page).
+  bool interactive() const {
+    return flow == flow_kind::authorization_code || flow == flow_kind::device_code;
+  }
 };
 
 struct config {

@@ -132,6 +132,14 @@ void describe_proxy(std::string& out, const proxy_settings& p) {
   out += fmt::format("  timeouts:   login {}s, idle {}s, token {}s, credential cache {}s\n",
                      p.login_timeout.count(), p.idle_timeout.count(), p.token_timeout.count(),
                      p.credential_cache_ttl.count());
+  out += fmt::format("  admin:      {}\n", p.admin_address ? p.admin_address->to_string()
+                                                           : std::string("disabled"));
+  if (!p.public_base_url.empty()) out += fmt::format("  public_base_url: {}\n", p.public_base_url);
+  out += fmt::format("  token store: {}/tokens, key {}\n", p.state_dir,
+                     p.token_key_file.empty() ? std::string("from each account's local password")
+                                              : "file " + p.token_key_file);
+  out += fmt::format("  token refresh: {}s ahead of expiry, idle grants every {}s\n",
+                     p.refresh_ahead.count(), p.token_keepalive.count());
 }
 
 void describe_provider(std::string& out, const provider& p) {
@@ -139,9 +147,14 @@ void describe_provider(std::string& out, const provider& p) {
   out += fmt::format("    tenant:         {}\n", p.tenant);
   out += fmt::format("    client_id:      {}\n", p.client_id);
   out += fmt::format("    token endpoint: {}\n", p.token_endpoint());
-  out += fmt::format("    client secret:  {}\n",
-                     p.client_secret.empty() ? std::string("[not set]")
-                                             : fmt::format("[set] ({})", p.client_secret_origin));
+  if (!p.certificate_file.empty()) {
+    out += fmt::format("    certificate:    {} (key {})\n", p.certificate_file, p.private_key_file);
+  } else {
+    out += fmt::format("    client secret:  {}\n",
+                       p.client_secret.empty()
+                           ? std::string("[not set] (public client)")
+                           : fmt::format("[set] ({})", p.client_secret_origin));
+  }
   out += fmt::format("    scopes:         {}\n",
                      p.scopes.empty() ? "(the flow's default)" : join(p.scopes));
   if (!p.ca_file.empty()) out += fmt::format("    ca_file:        {}\n", p.ca_file);

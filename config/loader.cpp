@@ -76,7 +76,10 @@ std::optional<std::chrono::seconds> seconds_at_least(const located<std::int64_t>
 void read_proxy(reader& root, proxy_settings& s) {
   s.state_dir = root.ctx().resolve_path(s.state_dir);
   auto t = root.table("proxy");
-  if (!t) return;
+  if (!t) {
+    s.admin_address = host_port{"127.0.0.1", 8025};
+    return;
+  }
   positions pos(t->prefix(), t->where());
   set(*t, pos, "state_dir", t->string("state_dir"), path_in_config_dir, s.state_dir);
   set(*t, pos, "log_format", t->string("log_format"), detail::parse_log_format, s.format);
@@ -86,7 +89,20 @@ void read_proxy(reader& root, proxy_settings& s) {
   set(*t, pos, "token_timeout", t->integer("token_timeout"), seconds_at_least<1>, s.token_timeout);
   set(*t, pos, "credential_cache_ttl", t->integer("credential_cache_ttl"), seconds_at_least<1>,
       s.credential_cache_ttl);
+  set(*t, pos, "admin_listen", t->string("admin_listen"), as_is<std::string>, s.admin_listen);
+  set(*t, pos, "public_base_url", t->string("public_base_url"), detail::parse_base_url,
+      s.public_base_url);
+  set(*t, pos, "token_key_file", t->string("token_key_file"), detail::readable_file,
+      s.token_key_file);
+  set(*t, pos, "refresh_ahead", t->integer("refresh_ahead"), seconds_at_least<30>,
+      s.refresh_ahead);
+  set(*t, pos, "token_keepalive", t->integer("token_keepalive"), seconds_at_least<3600>,
+      s.token_keepalive);
   t->finish();
+  if (!s.admin_listen.empty()) {
+    located<std::string> v{s.admin_listen, pos.of("admin_listen")};
+    s.admin_address = listen_address(v, t->key("admin_listen"), root.ctx());
+  }
 }
 
 constexpr std::size_t max_secret_file = 64 * 1024;
@@ -157,10 +173,27 @@ void resolve_client_secret(reader& r, const positions& pos, provider& p,
     secret_from_file(*file, pos, p, c);
   } else if (inline_raw) {
     secret_inline(*inline_raw, pos, p, c);
-  } else if (!r.has("client_secret") && !r.has("client_secret_file")) {  // else: a type error
-    c.error(r.where(), r.key("client_secret"),
-            "missing required key: set client_secret_file = \"/path\" or client_secret = "
-            "\"${ENV_VAR}\"");
+  }
+  // No secret at all is fine for a public client (device code, password); an account whose flow
+  // needs a client credential is refused by the cross checks.
+}
+
+void read_certificate(reader& r, positions& pos, provider& p) {
+  auto cert = r.string("certificate_file");
+  auto key = r.string("private_key_file");
+  set(r, pos, "certificate_file", cert, detail::readable_file, p.certificate_file);
+  set(r, pos, "private_key_file", key, detail::readable_file, p.private_key_file);
+  load_context& c = r.ctx();
+  if (cert && !key && !r.has("private_key_file")) {
+    c.error(cert->where, pos.key("private_key_file"),
+            "missing: certificate_file needs private_key_file (the certificate's private key)");
+  } else if (key && !cert && !r.has("certificate_file")) {
+    c.error(key->where, pos.key("certificate_file"),
+            "missing: private_key_file needs certificate_file");
+  }
+  if (cert && (r.has("client_secret") || r.has("client_secret_file"))) {
+    c.error(cert->where, pos.key("certificate_file"),
+            "set either a client secret or a certificate, not both");
   }
 }
 
@@ -177,6 +210,7 @@ void read_provider(reader& r, config& cfg, entry_positions& all) {
   set(r, pos, "authority", r.string("authority"), detail::parse_authority, p.authority);
   set(r, pos, "ca_file", r.string("ca_file"), detail::readable_file, p.ca_file);
   set(r, pos, "scopes", r.string_array("scopes"), as_is<std::vector<std::string>>, p.scopes);
+  read_certificate(r, pos, p);
   r.finish();
   resolve_client_secret(r, pos, p, inline_raw, file);
   cfg.providers.push_back(std::move(p));
@@ -237,7 +271,10 @@ void read_account(reader& r, config& cfg, entry_positions& all) {
   set(r, pos, "flow", r.string("flow"), detail::parse_flow, a.flow);
   set(r, pos, "mailbox", r.string("mailbox"), checked<detail::check_mailbox>, a.mailbox);
   // No ${VAR} expansion: PHC strings are full of '$'.
-  set(r, pos, "password_hash", r.string("password_hash", need::required, expand::none),
+  // flow = "password" sends the client's password to the identity platform, which checks it;
+  // a local hash is optional there. Every other flow checks the password locally.
+  const need hash_need = a.flow == flow_kind::password ? need::optional : need::required;
+  set(r, pos, "password_hash", r.string("password_hash", hash_need, expand::none),
       checked<detail::check_password_hash>, a.password_hash);
   set(r, pos, "allowed_from", r.string_array("allowed_from"), detail::parse_sender_patterns,
       a.allowed_from);

@@ -185,6 +185,9 @@ bool check_ehlo_name(const located<std::string>& v, std::string key, load_contex
 std::optional<std::vector<cidr>> parse_cidrs(const located<std::vector<std::string>>& v,
                                              std::string key, load_context& c);
 std::optional<cidr> parse_cidr(std::string_view text);
+// public_base_url: "http(s)://host[:port][/path]", no query or fragment; trailing '/' removed.
+std::optional<std::string> parse_base_url(const located<std::string>& v, std::string key,
+                                          load_context& c);
 std::optional<std::vector<std::string>> parse_sender_patterns(
     const located<std::vector<std::string>>& v, std::string key, load_context& c);
 

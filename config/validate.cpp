@@ -68,9 +68,9 @@ constexpr std::array<choice<protocol_kind>, 3> protocols{{{"imap", protocol_kind
                                                           {"pop3", protocol_kind::pop3, true}}};
 constexpr std::array<choice<flow_kind>, 4> flows{
     {{"client_credentials", flow_kind::client_credentials},
-     {"authorization_code", flow_kind::authorization_code, false},
-     {"device_code", flow_kind::device_code, false},
-     {"password", flow_kind::password, false}}};
+     {"authorization_code", flow_kind::authorization_code},
+     {"device_code", flow_kind::device_code},
+     {"password", flow_kind::password}}};
 
 bool is_ipv4(const std::string& s) {
   in_addr a{};
@@ -376,6 +376,29 @@ std::optional<std::vector<std::string>> parse_sender_patterns(
 }
 
 // ---- across entries ----
+std::optional<std::string> parse_base_url(const located<std::string>& v, std::string key,
+                                          load_context& c) {
+  std::string s = v.value;
+  while (s.ends_with('/')) s.pop_back();
+  const bool https = s.starts_with("https://");
+  const bool http = s.starts_with("http://");
+  std::string_view rest = s;
+  rest.remove_prefix(https ? 8 : http ? 7 : 0);
+  std::string_view host = rest.substr(0, rest.find_first_of(":/"));
+  if ((!http && !https) || host.empty() || s.find_first_of("?# ") != std::string::npos) {
+    c.error(v.where, std::move(key),
+            fmt::format("'{}' must be an http:// or https:// URL without query or fragment, "
+                        "e.g. https://proxy.example.com",
+                        v.value));
+    return std::nullopt;
+  }
+  if (http && host != "localhost" && host != "127.0.0.1" && host != "[::1]") {
+    c.warning(v.where, std::move(key),
+              "Microsoft Entra accepts http:// redirect URIs only for localhost; use https:// "
+              "(behind a TLS-terminating reverse proxy)");
+  }
+  return s;
+}
 
 namespace {
 
@@ -391,6 +414,33 @@ void check_providers(const config& cfg, const entry_positions& pos, load_context
                           cfg.providers[i].name, j + 1, pos.providers[j].of("name").line));
       break;
     }
+  }
+}
+
+// What each flow needs from its provider and from the proxy.
+void check_account_flow(const config& cfg, const account& a, const positions& ap,
+                        load_context& c) {
+  const provider* p = cfg.find_provider(a.provider);
+  const source_pos& at = ap.has("flow") ? ap.of("flow") : ap.of("login");
+  const std::string key = ap.key(ap.has("flow") ? "flow" : "login");
+  if (p && a.flow == flow_kind::client_credentials && !p->has_client_credential()) {
+    c.error(at, key,
+            fmt::format("flow \"client_credentials\" needs a client credential, but provider '{}' "
+                        "has none: set client_secret_file, client_secret = \"${{ENV_VAR}}\" or "
+                        "certificate_file and private_key_file",
+                        p->name));
+  }
+  if (a.interactive() && a.is_wildcard()) {
+    c.error(at, key,
+            fmt::format("flow \"{}\" authorizes one mailbox at a time: use an exact login, not "
+                        "'{}'",
+                        to_string(a.flow), a.login));
+  }
+  if (a.interactive() && !cfg.proxy.admin_address) {
+    c.error(at, key,
+            fmt::format("flow \"{}\" needs the admin listener ([proxy] admin_listen) to receive "
+                        "the authorization",
+                        to_string(a.flow)));
   }
 }
 
@@ -416,6 +466,7 @@ void check_accounts(const config& cfg, const entry_positions& pos, load_context&
       }
       c.error(ap.of("provider"), ap.key("provider"), std::move(msg));
     }
+    check_account_flow(cfg, a, ap, c);
   }
 }
 

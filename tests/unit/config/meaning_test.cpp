@@ -182,7 +182,7 @@ upstream = "outlook.office365.com:993"
           "implicit)"}));
 }
 
-TEST_F(ConfigMeaning, UnsupportedFlow) {
+TEST_F(ConfigMeaning, InteractiveFlowNeedsAnExactLogin) {
   EXPECT_EQ(
       errors_of(with_base(R"([[account]]
 login = "*@contoso.com"
@@ -190,8 +190,96 @@ provider = "contoso"
 flow = "device_code"
 password_hash = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2g"
 )")),
-      (lines{"test.toml:4:8: account[1].flow: 'device_code' is not supported yet (supported: "
-             "client_credentials)"}));
+      (lines{"test.toml:4:8: account[1].flow: flow \"device_code\" authorizes one mailbox at a "
+             "time: use an exact login, not '*@contoso.com'"}));
+}
+
+TEST_F(ConfigMeaning, InteractiveFlowNeedsTheAdminListener) {
+  EXPECT_EQ(errors_of(R"([proxy]
+admin_listen = ""
+
+[[provider]]
+name = "contoso"
+tenant = "contoso.onmicrosoft.com"
+client_id = "11111111-2222-3333-4444-555555555555"
+
+[[listener]]
+protocol = "imap"
+listen = "127.0.0.1:1143"
+upstream = "outlook.office365.com:993"
+
+[[account]]
+login = "alice@contoso.com"
+provider = "contoso"
+flow = "authorization_code"
+password_hash = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2g"
+)"),
+            (lines{"test.toml:17:8: account[1].flow: flow \"authorization_code\" needs the admin "
+                   "listener ([proxy] admin_listen) to receive the authorization"}));
+}
+
+TEST_F(ConfigMeaning, PasswordFlowNeedsNoLocalHashAndPublicClientsAreFine) {
+  auto r = load_string(R"([proxy]
+admin_listen = "127.0.0.1:0"
+public_base_url = "https://proxy.example.com/"
+refresh_ahead = 600
+
+[[provider]]
+name = "contoso"
+tenant = "contoso.onmicrosoft.com"
+client_id = "11111111-2222-3333-4444-555555555555"
+
+[[listener]]
+protocol = "imap"
+listen = "127.0.0.1:1143"
+upstream = "outlook.office365.com:993"
+
+[[account]]
+login = "*@contoso.com"
+provider = "contoso"
+flow = "password"
+
+[[account]]
+login = "dev@contoso.com"
+provider = "contoso"
+flow = "device_code"
+password_hash = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2g"
+)",
+                       "test.toml");
+  EXPECT_EQ(strings(r.errors), lines{});
+  ASSERT_TRUE(r.cfg.proxy.admin_address);
+  EXPECT_EQ(r.cfg.proxy.admin_address->port, 0);
+  EXPECT_EQ(r.cfg.proxy.public_base_url, "https://proxy.example.com");
+  EXPECT_EQ(r.cfg.proxy.refresh_ahead, std::chrono::seconds{600});
+  EXPECT_EQ(r.cfg.accounts.at(0).flow, flow_kind::password);
+  EXPECT_TRUE(r.cfg.accounts.at(0).password_hash.empty());
+  EXPECT_FALSE(r.cfg.providers.at(0).has_client_credential());
+}
+
+TEST_F(ConfigMeaning, ClientCredentialsNeedAClientCredentialAndBaseUrlIsChecked) {
+  EXPECT_EQ(errors_of(R"([proxy]
+public_base_url = "ftp://x"
+
+[[provider]]
+name = "contoso"
+tenant = "contoso.onmicrosoft.com"
+client_id = "11111111-2222-3333-4444-555555555555"
+
+[[listener]]
+protocol = "imap"
+listen = "127.0.0.1:1143"
+upstream = "outlook.office365.com:993"
+
+[[account]]
+login = "scanner@contoso.com"
+provider = "contoso"
+password_hash = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2g"
+)"),
+            (lines{"test.toml:2:19: proxy.public_base_url: 'ftp://x' must be an http:// or "
+                   "https:// URL without query or fragment, e.g. https://proxy.example.com",
+                   "test.toml:15:9: account[1].login: flow \"client_credentials\" needs a client "
+                   "credential, but provider 'contoso' has none: set client_secret_file, "
+                   "client_secret = \"${ENV_VAR}\" or certificate_file and private_key_file"}));
 }
 
 TEST_F(ConfigMeaning, LoginsAndHashes) {
@@ -225,9 +313,7 @@ client_id = "33333333-2222-3333-4444-555555555555"
 )")),
       (lines{
           "test.toml:6:22: provider[1].client_secret_file: set either client_secret or "
-          "client_secret_file, not both",
-          "test.toml:8:1: provider[2].client_secret: missing required key: set client_secret_file "
-          "= \"/path\" or client_secret = \"${ENV_VAR}\""}));
+          "client_secret_file, not both"}));
 }
 
 TEST_F(ConfigMeaning, AuthorityMustBeHttps) {
