@@ -1,5 +1,8 @@
-// xoauth-proxy: wiring only. Commands: run, check, hash-password.
+// xoauth-proxy: wiring only. Commands: run, check, authorize, hash-password.
+#include "app/authorize.hpp"
+#include "auth/client_auth.hpp"
 #include "auth/password_hash.hpp"
+#include "auth/token_store.hpp"
 #include "common/log.hpp"
 #include "config/loader.hpp"
 #include "proxy/server.hpp"
@@ -33,6 +36,40 @@ int cmd_check(const std::string& path) {
     return 1;
   }
   std::printf("%s", xo::config::describe(r.cfg).c_str());
+  // What to register in Azure, per provider that has delegated accounts.
+  const auto& px = r.cfg.proxy;
+  std::string redirect = px.public_base_url;
+  if (redirect.empty() && px.admin_address)
+    redirect = "http://localhost:" + std::to_string(px.admin_address->port);
+  int problems = 0;
+  for (const auto& p : r.cfg.providers) {
+    try {
+      xo::auth::client_auth client{p};  // reads and checks a certificate credential
+      (void)client;
+    } catch (const std::exception& e) {
+      std::printf("provider %s: %s\n", p.name.c_str(), e.what());
+      ++problems;
+    }
+    bool delegated = false;
+    for (const auto& a : r.cfg.accounts)
+      delegated = delegated || (a.provider == p.name && a.flow ==
+                                                           xo::config::flow_kind::authorization_code);
+    if (delegated && !redirect.empty())
+      std::printf("provider %s: register the redirect URI %s/sso/oauth_callback (platform "
+                  "\"Web\") in its Azure app registration\n",
+                  p.name.c_str(), redirect.c_str());
+  }
+  if (!px.token_key_file.empty()) {
+    std::string why;
+    if (!xo::auth::token_store::read_key_file(px.token_key_file, why)) {
+      std::printf("token_key_file: %s\n", why.c_str());
+      ++problems;
+    }
+  }
+  if (problems) {
+    std::printf("%s: %d problem(s); configuration is invalid\n", path.c_str(), problems);
+    return 1;
+  }
   std::printf("%s: configuration is valid\n", path.c_str());
   return 0;
 }
@@ -102,12 +139,33 @@ int main(int argc, char** argv) try {
   auto* check = app.add_subcommand("check", "validate a configuration and print what it sets up; "
                                             "exit 0 when valid, 1 when not");
   add_config(check);
+  xo::app::authorize_options auth_opt;
+  auto* authorize = app.add_subcommand(
+      "authorize",
+      "authorize a delegated account once (authorization code in a browser, or --device): "
+      "through the running proxy, or on its own when the proxy is stopped; exit 0 once "
+      "authorized");
+  add_config(authorize);
+  authorize->add_option("account", auth_opt.account, "the [[account]] login to authorize")
+      ->required();
+  authorize->add_flag("--device", auth_opt.device,
+                      "sign in with a device code (for a browser on another device)");
+  authorize->add_option("--timeout", auth_opt.timeout_seconds,
+                        "give up after this many seconds (default 900)")
+      ->check(CLI::Range(1, 86400));
+  authorize->add_option("--password-file", auth_opt.password_file,
+                        "file holding the account's local password, when the token store is "
+                        "keyed by it (no token_key_file) and the proxy is stopped");
   auto* hash = app.add_subcommand(
       "hash-password", "read a password from standard input and print its argon2id hash for "
                        "an [[account]] password_hash");
   CLI11_PARSE(app, argc, argv);
   if (*run) return cmd_run(config_path);
   if (*check) return cmd_check(config_path);
+  if (*authorize) {
+    auth_opt.config_path = config_path;
+    return xo::app::cmd_authorize(auth_opt);
+  }
   if (*hash) return cmd_hash_password();
   return 1;
 } catch (const std::exception& e) {

@@ -19,15 +19,15 @@ std::string scope_of(const config::provider& p) {
 
 }  // namespace
 
-client_credentials::client_credentials(const config::provider& p, https_client& http)
-    : provider_(p), http_(http) {}
+client_credentials::client_credentials(const config::provider& p, https_client& http,
+                                       const client_auth& client)
+    : provider_(p), http_(http), client_(client) {}
 
 awaitable<token_result> client_credentials::acquire() {
   std::vector<form_field> form;
   form.push_back({"grant_type", secret{"client_credentials"}});
-  form.push_back({"client_id", secret{provider_.client_id}});
-  form.push_back({"client_secret", provider_.client_secret});
   form.push_back({"scope", secret{scope_of(provider_)}});
+  client_.add_to(form, provider_.token_endpoint());
   // Expiry counts from the moment the request leaves (protocol-notes §1.5): the round trip can
   // only make the token look older than it is, never younger.
   const auto start = steady::now();

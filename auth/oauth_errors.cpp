@@ -64,6 +64,10 @@ failure_kind classify(unsigned http_status, std::string_view error, long aadsts)
                         "timeout", "cancelled"}))
     return failure_kind::transient;
   if (contains(transient_codes, aadsts)) return failure_kind::transient;
+  // Device-code polling (RFC 8628 §3.5): the user has not finished yet, or we poll too fast.
+  // Not a failure of the grant: the poller keeps going (and slows down). Entra sends AADSTS70016
+  // with both, which must not fall through to "unknown 4xx".
+  if (is_one_of(error, {"authorization_pending", "slow_down"})) return failure_kind::transient;
 
   // `error` values whose meaning does not depend on the code.
   if (is_one_of(error, {"invalid_client", "unauthorized_client", "invalid_scope",

@@ -131,6 +131,27 @@ void token_cache::invalidate(const std::string& key) {
   if (auto it = entries_.find(key); it != entries_.end()) it->second->token.reset();
 }
 
+void token_cache::put(const std::string& key, access_token t) {
+  auto& e = slot(key);
+  e.lifetime = t.expires_at - now_();
+  e.token = std::move(t);
+  e.failure.reset();
+}
+
+void token_cache::prefetch(const std::string& key, token_source& source) {
+  auto& e = slot(key);
+  if (e.refreshing) return;
+  e.refreshing = true;
+  ++e.started;
+  asio::co_spawn(ex_, fetch(key, source), log_fetch_exception{key});
+}
+
+std::optional<access_token> token_cache::peek(const std::string& key) const {
+  auto it = entries_.find(key);
+  if (it == entries_.end()) return std::nullopt;
+  return it->second->token;
+}
+
 std::uint64_t token_cache::fetch_count(const std::string& key) const {
   auto it = entries_.find(key);
   return it == entries_.end() ? 0 : it->second->started;

@@ -35,6 +35,15 @@ class token_cache {
   // Drops the cached token (e.g. the upstream rejected it); the next get() fetches again.
   void invalidate(const std::string& key);
 
+  // Installs a token obtained elsewhere (an authorization just completed, the token store) and
+  // forgets any held failure, so the next get() answers with it at once.
+  void put(const std::string& key, access_token t);
+  // Starts a fetch now unless one is running, keeping the current token for callers meanwhile
+  // (proactive refresh ahead of expiry). `source` must outlive the fetch.
+  void prefetch(const std::string& key, token_source& source);
+  // The cached token, if any (status pages; never logged).
+  std::optional<access_token> peek(const std::string& key) const;
+
   // Number of fetches started for key (tests, metrics).
   std::uint64_t fetch_count(const std::string& key) const;
 

@@ -170,17 +170,19 @@ token_result parse_success(const http_response& res, const json::object& o,
   return r;
 }
 
+token_result no_answer(const http_failure& f) {
+  const auto& what = f.what;
+  const bool timeout = what == "timeout";
+  const bool cancelled = what == "cancelled";
+  std::string error = timeout ? "timeout" : cancelled ? "cancelled" : "network";
+  return failed(failure_kind::transient, std::move(error), 0, what);
+}
+
 }  // namespace
 
 token_result parse_token_response(const http_outcome& out, steady::time_point request_start,
                                   std::chrono::system_clock::time_point wall_start) {
-  if (!out.response) {
-    const auto& what = out.failure.what;
-    const bool timeout = what == "timeout";
-    const bool cancelled = what == "cancelled";
-    std::string error = timeout ? "timeout" : cancelled ? "cancelled" : "network";
-    return failed(failure_kind::transient, std::move(error), 0, what);
-  }
+  if (!out.response) return no_answer(out.failure);
   const auto& res = *out.response;
   error_code ec;
   json::value v = json::parse(res.body, ec);
@@ -194,6 +196,17 @@ token_result parse_token_response(const http_outcome& out, steady::time_point re
     return parse_success(res, *o, request_start, wall_start);
   }
   return parse_error(res, o);
+}
+
+token_error parse_error_response(const http_outcome& out, std::string_view why) {
+  if (!out.response) return no_answer(out.failure).error;
+  const auto& res = *out.response;
+  error_code ec;
+  json::value v = json::parse(res.body, ec);
+  const json::object* o = (!ec && v.is_object()) ? &v.get_object() : nullptr;
+  const bool success = res.status >= 200 && res.status < 300;
+  if (success && (!o || string_field(*o, "error").empty())) return invalid_response(res, why).error;
+  return parse_error(res, o).error;
 }
 
 }  // namespace xo::auth

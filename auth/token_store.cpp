@@ -294,7 +294,8 @@ store_load token_store::load(std::string_view account, const store_key& key) con
   return decrypt(raw, account, key, path);
 }
 
-store_load token_store::load_with_password(std::string_view account, const secret& password) const {
+store_load token_store::load_with_password(std::string_view account, const secret& password,
+                                           password_key* key_out) const {
   auto path = path_of(account);
   std::string raw;
   int err = 0;
@@ -312,8 +313,29 @@ store_load token_store::load_with_password(std::string_view account, const secre
   }
   store_key key = derive_from_password(password, f.salt);
   r = decrypt(raw, account, key, path);
+  if (r.grant && key_out) {
+    key_out->key = key;
+    std::memcpy(key_out->salt.data(), f.salt, key_out->salt.size());
+  }
   OPENSSL_cleanse(key.data(), key.size());
   return r;
+}
+
+std::optional<password_key> token_store::new_password_key(const secret& password) {
+  password_key k;
+  if (RAND_bytes(k.salt.data(), static_cast<int>(k.salt.size())) != 1) return std::nullopt;
+  k.key = derive_from_password(password, k.salt.data());
+  return k;
+}
+
+bool token_store::exists(std::string_view account) const {
+  std::error_code ec;
+  return std::filesystem::exists(path_of(account), ec);
+}
+
+store_errc token_store::save_with_password_key(const stored_grant& g, const password_key& k,
+                                               std::string& detail, bool replace_unreadable) {
+  return write_file(g, k.key, kind_password, k.salt, detail, replace_unreadable, true);
 }
 
 store_errc token_store::save(const stored_grant& g, const store_key& key, std::string& detail,
@@ -337,16 +359,31 @@ store_errc token_store::save_with_password(const stored_grant& g, const secret& 
 
 store_errc token_store::write_file(const stored_grant& g, const store_key& key, std::uint8_t kind,
                                    const std::array<unsigned char, 16>& salt, std::string& detail,
-                                   bool replace_unreadable) {
+                                   bool replace_unreadable, bool check_existing_password) {
   namespace fs = std::filesystem;
   auto path = path_of(g.account);
   std::error_code fec;
   fs::create_directories(dir_, fec);
   ::chmod(dir_.c_str(), 0700);
-  if (fs::exists(path, fec) && kind == kind_key_file) {
+  if (fs::exists(path, fec) && (kind == kind_key_file || check_existing_password)) {
     // Never replace an entry we cannot read without being told to: it may hold the only copy
-    // of a refresh token that a different key (or a fixed disk) would recover.
-    auto existing = load(g.account, key);
+    // of a refresh token that a different key (or a fixed disk) would recover. A password entry
+    // with another salt was written with another password: unreadable with this key.
+    store_load existing;
+    if (kind == kind_key_file) {
+      existing = load(g.account, key);
+    } else {
+      std::string raw;
+      int rerr = 0;
+      parsed_file f;
+      if (read_all(path, raw, rerr) && parse_file(raw, f) && f.kind == kind_password &&
+          std::memcmp(f.salt, salt.data(), salt.size()) == 0) {
+        existing = decrypt(raw, g.account, key, path);
+      } else {
+        existing.error = store_errc::wrong_key;
+        existing.detail = path.string() + ": written with another key or password";
+      }
+    }
     if (existing.error == store_errc::corrupt || existing.error == store_errc::wrong_key) {
       if (!replace_unreadable) {
         detail = existing.detail;

@@ -44,6 +44,13 @@ struct store_load {
   std::string detail;  // file path and reason; never key material or token text
 };
 
+// A key derived from a password (argon2id) together with the salt it was derived with, so an
+// entry can be re-written after every refresh without running argon2 again.
+struct password_key {
+  store_key key{};
+  std::array<unsigned char, 16> salt{};
+};
+
 class token_store {
  public:
   // dir: "<state_dir>/tokens" (created with mode 0700 on first save).
@@ -57,7 +64,12 @@ class token_store {
 
   store_load load(std::string_view account, const store_key& key) const;
   // Password-protected entries: the salt lives in the file, so the key is derived here.
-  store_load load_with_password(std::string_view account, const secret& password) const;
+  // When `key_out` is given and the entry opens, it receives the derived key and salt.
+  store_load load_with_password(std::string_view account, const secret& password,
+                                password_key* key_out = nullptr) const;
+  // A fresh salt and the key derived from it (argon2id: tens of milliseconds; not on an I/O
+  // thread). Nullopt only when the system has no randomness.
+  static std::optional<password_key> new_password_key(const secret& password);
 
   // Replaces the account's entry. An existing entry that cannot be decrypted with `key` is kept
   // (renamed to *.unreadable-<time>) only when replace_unreadable is true; otherwise the save
@@ -66,13 +78,18 @@ class token_store {
                   bool replace_unreadable = false);
   store_errc save_with_password(const stored_grant& g, const secret& password,
                                 std::string& detail, bool replace_unreadable = false);
+  // Same, with a key derived before. An existing entry written with another salt (another
+  // password) is kept unless replace_unreadable, as for save().
+  store_errc save_with_password_key(const stored_grant& g, const password_key& k,
+                                    std::string& detail, bool replace_unreadable = false);
+  bool exists(std::string_view account) const;
 
   std::filesystem::path path_of(std::string_view account) const;
 
  private:
   store_errc write_file(const stored_grant& g, const store_key& key, std::uint8_t kind,
                         const std::array<unsigned char, 16>& salt, std::string& detail,
-                        bool replace_unreadable);
+                        bool replace_unreadable, bool check_existing_password = false);
   std::filesystem::path dir_;
 };
 

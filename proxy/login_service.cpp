@@ -24,29 +24,15 @@ protocol::auth_outcome fail(protocol::auth_outcome::kind k) {
 }  // namespace
 
 login_service::login_service(asio::any_io_executor ex, const config::config& cfg)
-    : cfg_(cfg),
-      checker_(ex, 1, cfg.proxy.credential_cache_ttl),
-      tokens_(ex, auth::token_cache::options{}) {
-  for (const auto& p : cfg.providers) {
-    provider_state st;
-    st.http = std::make_unique<auth::https_client>(ex, p.ca_file, cfg.proxy.token_timeout);
-    st.source = std::make_unique<auth::client_credentials>(p, *st.http);
-    providers_.emplace(p.name, std::move(st));
-  }
-}
+    : cfg_(cfg), checker_(ex, 1, cfg.proxy.credential_cache_ttl), engine_(ex, cfg) {}
 
 login_service::~login_service() = default;
-
-std::string login_service::token_key(const config::account& a) {
-  // App-only tokens belong to the app registration, not to a mailbox: one per provider.
-  return "provider:" + a.provider;
-}
 
 void login_service::token_rejected(const std::string& sid, const std::string& user,
                                    const protocol::token_rejected& why) {
   logger("proxy")->warn("sid={} upstream refused the token for user={:?}: {}{}{}", sid, user,
                         why.upstream_reply, why.hint.empty() ? "" : "; fix: ", why.hint);
-  if (const auto* a = cfg_.find_account(user)) tokens_.invalidate(token_key(*a));
+  if (const auto* a = cfg_.find_account(user)) engine_.token_rejected(*a, user);
 }
 
 awaitable<protocol::auth_outcome> login_service::authorize(std::string sid,
@@ -65,23 +51,26 @@ awaitable<protocol::auth_outcome> login_service::authorize(std::string sid,
   // conditional expression inside a co_await expression.
   std::string hash;
   if (acct) hash = acct->password_hash;
-  bool password_ok = req.anonymous;
-  if (!password_ok) password_ok = co_await checker_.verify(std::move(hash), std::move(req.password));
+  // flow = "password" without a local hash: the identity platform checks the password.
+  const bool idp_checks = acct && acct->flow == config::flow_kind::password && hash.empty();
+  bool password_ok = req.anonymous || idp_checks;
+  if (!password_ok) password_ok = co_await checker_.verify(std::move(hash), req.password);
   if (!acct || !password_ok || !authzid_ok) {
     log->warn("sid={} login failed user={:?} reason={}", sid, req.user,
               !acct ? "unknown account" : !password_ok ? "wrong password" : "authzid not permitted");
     co_return fail(k::bad_credentials);
   }
-  auto it = providers_.find(acct->provider);
-  if (it == providers_.end()) co_return fail(k::contact_admin);  // config validation prevents it
-  auto token = co_await tokens_.get(token_key(*acct), *it->second.source);
+  auto token = co_await engine_.token_for(*acct, req.user, std::move(req.password));
   if (!token.ok()) {
     const auto& e = token.error;
     log->warn("sid={} no token for user={:?} provider={} kind={} error={}", sid, req.user,
               acct->provider, auth::to_string(e.kind), e.summary);
     switch (e.kind) {
       case auth::failure_kind::transient: co_return fail(k::temporary);
-      case auth::failure_kind::bad_password: co_return fail(k::bad_credentials);
+      case auth::failure_kind::bad_password:
+        log->warn("sid={} login failed user={:?} reason=wrong password (identity platform)", sid,
+                  req.user);
+        co_return fail(k::bad_credentials);
       case auth::failure_kind::reauth:
       case auth::failure_kind::config: co_return fail(k::contact_admin);
     }

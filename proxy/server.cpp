@@ -4,7 +4,9 @@
 #include "proxy/imap_session.hpp"
 #include "proxy/pop3_session.hpp"
 #include "proxy/smtp_session.hpp"
+#include "proxy/admin_server.hpp"
 #include "proxy/login_service.hpp"
+#include "proxy/state_lock.hpp"
 #include "proxy/tls_contexts.hpp"
 
 #include <boost/asio/signal_set.hpp>
@@ -97,12 +99,13 @@ awaitable<void> accept_loop(listener_runtime& l, server_state& st) {
 }
 
 awaitable<void> wait_for_stop(asio::io_context& io, std::list<listener_runtime>& ls,
-                              server_state& st) {
+                              server_state& st, admin_server* admin) {
   asio::signal_set signals{io, SIGINT, SIGTERM};
   auto [ec, sig] = co_await signals.async_wait(use_nothrow);
   auto log = logger("proxy");
   log->info("signal {} received: closing listeners, draining {} session(s)", sig, st.active);
   st.stopping = true;
+  st.logins.engine().stop();
   for (auto& l : ls) {
     error_code ignored;
     l.acceptor.close(ignored);
@@ -111,6 +114,7 @@ awaitable<void> wait_for_stop(asio::io_context& io, std::list<listener_runtime>&
   while (st.active > 0 && std::chrono::steady_clock::now() < deadline)
     co_await sleep_for(std::chrono::milliseconds(50));
   log->info("stopped ({} session(s) still open were closed)", st.active);
+  if (admin) admin->stop();
   io.stop();
 }
 
@@ -118,8 +122,12 @@ awaitable<void> wait_for_stop(asio::io_context& io, std::list<listener_runtime>&
 
 int run_server(const config::config& cfg) {
   raise_fd_limit();
+  state_lock lock{cfg.proxy.state_dir};
+  if (!lock.held())
+    throw std::runtime_error("state_dir " + cfg.proxy.state_dir + ": " + lock.why());
   asio::io_context io{1};
   login_service logins{io.get_executor(), cfg};
+  logins.engine().start();
   server_state st{cfg, logins};
   std::list<listener_runtime> listeners;
   auto log = logger("proxy");
@@ -142,7 +150,14 @@ int run_server(const config::config& cfg) {
     asio::co_spawn(io, accept_loop(l, st), [](std::exception_ptr e) {
       if (e) std::rethrow_exception(e);
     });
-  asio::co_spawn(io, wait_for_stop(io, listeners, st), asio::detached);
+  std::unique_ptr<admin_server> admin;
+  if (cfg.proxy.admin_address) {
+    admin = std::make_unique<admin_server>(io.get_executor(), cfg, logins.engine(),
+                                           [&st] { return !st.stopping; });
+    logins.engine().set_admin_port(admin->bind());
+    admin->start();
+  }
+  asio::co_spawn(io, wait_for_stop(io, listeners, st, admin.get()), asio::detached);
   io.run();
   return 0;
 }

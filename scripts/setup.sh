@@ -12,6 +12,8 @@ PACKAGES=(
   dovecot-core dovecot-imapd dovecot-pop3d dovecot-lmtpd
   postfix swaks msmtp fetchmail
   openssl ca-certificates curl python3
+  # headless browser for the sign-in page tests (Chrome DevTools Protocol over a websocket)
+  chromium python3-websocket
 )
 
 missing=()

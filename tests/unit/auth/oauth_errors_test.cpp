@@ -39,6 +39,11 @@ const row table[] = {
     {400, "invalid_request", 90006, T},
     {400, "invalid_request", 90033, T},
     {400, "invalid_request", 90090, T},
+    // Device-code polling: keep polling (RFC 8628 §3.5).
+    {400, "authorization_pending", 70016, T},
+    {400, "authorization_pending", 0, T},
+    {400, "slow_down", 70016, T},
+    {400, "slow_down", 0, T},
     // Configuration: by error, then by code.
     {401, "invalid_client", 7000215, C},
     {401, "invalid_client", 7000222, C},
@@ -84,6 +89,9 @@ const row table[] = {
     {400, "interaction_required", 0, R},
     {400, "invalid_request", 50057, R},
     {400, "expired_token", 0, R},
+    {400, "expired_token", 70019, R},
+    {400, "authorization_declined", 65004, R},
+    {400, "bad_verification_code", 70000, R},
     // Unknown 4xx: an admin must look.
     {400, "invalid_request", 0, C},
     {400, "invalid_request", 999999, C},
@@ -115,6 +123,67 @@ TEST(OauthErrors, EveryTableCodeReachesTheSummary) {
     EXPECT_EQ(t.error.aadsts, r.aadsts);
     EXPECT_EQ(t.error.summary, fmt::format("{} AADSTS{}: Something.", r.error, r.aadsts));
   }
+}
+
+// Device-code polling answers keep their `error` word exactly: the poller branches on it.
+TEST(OauthErrors, DeviceFlowPollingIsTransientAndKeepsTheErrorWord) {
+  for (std::string_view e : {"authorization_pending", "slow_down"}) {
+    http_response res;
+    res.status = 400;
+    res.body = fmt::format(
+        R"({{"error":"{}","error_description":"AADSTS70016: OAuth 2.0 device flow error.","error_codes":[70016]}})",
+        e);
+    auto t = parse_token_response(http_outcome{res, {}}, steady::now(),
+                                  std::chrono::system_clock::now());
+    ASSERT_FALSE(t.ok());
+    EXPECT_EQ(t.error.kind, failure_kind::transient);
+    EXPECT_EQ(t.error.error, e);
+    EXPECT_EQ(t.error.aadsts, 70016);
+  }
+}
+
+TEST(OauthErrors, ErrorResponseOfOtherEndpoints) {
+  http_outcome none;
+  none.failure.what = "timeout";
+  auto e = parse_error_response(none, "unused");
+  EXPECT_EQ(e.kind, failure_kind::transient);
+  EXPECT_EQ(e.error, "timeout");
+
+  none.failure.what = "connect: Connection refused";
+  e = parse_error_response(none, "unused");
+  EXPECT_EQ(e.error, "network");
+  EXPECT_EQ(e.summary, "connect: Connection refused");
+
+  http_response res;
+  res.status = 400;
+  res.body = R"({"error":"invalid_request","error_description":"AADSTS90002: Tenant not found.\r\nTrace ID: x","error_codes":[90002],"trace_id":"t-1","correlation_id":"c-1"})";
+  e = parse_error_response(http_outcome{res, {}}, "unused");
+  EXPECT_EQ(e.kind, failure_kind::config);
+  EXPECT_EQ(e.error, "invalid_request");
+  EXPECT_EQ(e.aadsts, 90002);
+  EXPECT_EQ(e.summary, "invalid_request AADSTS90002: Tenant not found. (trace_id=t-1, correlation_id=c-1)");
+
+  res.status = 429;
+  res.body = "slow down";
+  res.retry_after = std::chrono::seconds{60};
+  e = parse_error_response(http_outcome{res, {}}, "unused");
+  EXPECT_EQ(e.kind, failure_kind::transient);
+  EXPECT_EQ(e.error, "http_429");
+  EXPECT_EQ(e.retry_after, std::chrono::seconds{60});
+
+  // 200 with an error object is the error; 200 without one is an invalid answer, with the reason.
+  res = http_response{};
+  res.status = 200;
+  res.body = R"({"error":"unauthorized_client","error_codes":[700016]})";
+  e = parse_error_response(http_outcome{res, {}}, "unused");
+  EXPECT_EQ(e.kind, failure_kind::config);
+  EXPECT_EQ(e.error, "unauthorized_client");
+  res.body = R"({"user_code":"SECRET"})";
+  res.request_id = "r-1";
+  e = parse_error_response(http_outcome{res, {}}, "no device_code");
+  EXPECT_EQ(e.kind, failure_kind::transient);
+  EXPECT_EQ(e.error, "invalid_response");
+  EXPECT_EQ(e.summary, "invalid_response: HTTP 200: no device_code (request_id=r-1)");
 }
 
 TEST(OauthErrors, KindNames) {

@@ -150,3 +150,38 @@ TEST(TokenStore, KeyFileFormats) {
   // Different accounts get different keys from the same file.
   EXPECT_NE(key_for("a@b.c"), key_for("d@b.c"));
 }
+
+TEST(TokenStore, DerivedPasswordKeyIsReusedAndAnotherPasswordsEntryIsKept) {
+  temp_dir d;
+  token_store s{d.path / "tokens"};
+  auto k = token_store::new_password_key(xo::secret{"local pw"});
+  ASSERT_TRUE(k);
+  std::string detail;
+  ASSERT_EQ(s.save_with_password_key(sample(), *k, detail), store_errc::ok) << detail;
+  // A rotated refresh token is written again with the same derived key (no new argon2 run).
+  auto g = sample();
+  g.refresh_token = xo::secret{"0.AAAA-rotated"};
+  ASSERT_EQ(s.save_with_password_key(g, *k, detail), store_errc::ok) << detail;
+
+  password_key opened;
+  auto r = s.load_with_password("alice@contoso.com", xo::secret{"local pw"}, &opened);
+  ASSERT_EQ(r.error, store_errc::ok) << r.detail;
+  EXPECT_EQ(r.grant->refresh_token.reveal(), "0.AAAA-rotated");
+  EXPECT_EQ(opened.key, k->key);
+  EXPECT_EQ(opened.salt, k->salt);
+  EXPECT_EQ(s.load_with_password("alice@contoso.com", xo::secret{"other"}).error,
+            store_errc::wrong_key);
+
+  // A key from another password must not overwrite the entry unless told to.
+  auto other = token_store::new_password_key(xo::secret{"new pw"});
+  ASSERT_TRUE(other);
+  EXPECT_EQ(s.save_with_password_key(sample(), *other, detail), store_errc::wrong_key);
+  EXPECT_EQ(s.load_with_password("alice@contoso.com", xo::secret{"local pw"}).error,
+            store_errc::ok);
+  EXPECT_EQ(s.save_with_password_key(sample(), *other, detail, true), store_errc::ok) << detail;
+  EXPECT_EQ(s.load_with_password("alice@contoso.com", xo::secret{"new pw"}).error, store_errc::ok);
+  bool set_aside = false;
+  for (const auto& e : fs::directory_iterator(d.path / "tokens"))
+    set_aside = set_aside || e.path().string().find(".unreadable-") != std::string::npos;
+  EXPECT_TRUE(set_aside);
+}
