@@ -21,6 +21,7 @@
 #include <cstring>
 #include <optional>
 #include <stdexcept>
+#include <vector>
 
 namespace xo::auth {
 
@@ -116,9 +117,13 @@ credential load_credential(std::string_view cert_pem, std::string_view key_pem,
   struct clear_errors {
     ~clear_errors() { ERR_clear_error(); }
   } clear;
+  // The file may hold a chain: the credential is the certificate of the private key, wherever it
+  // stands (usually first).
+  std::vector<x509_ptr> certs;
   auto cb = memory_bio(cert_pem);
-  x509_ptr cert{PEM_read_bio_X509(cb.get(), nullptr, no_passphrase, nullptr)};
-  if (!cert) fail(cert_what, "no PEM certificate (-----BEGIN CERTIFICATE-----) found");
+  while (x509_ptr c{PEM_read_bio_X509(cb.get(), nullptr, no_passphrase, nullptr)})
+    certs.push_back(std::move(c));
+  if (certs.empty()) fail(cert_what, "no PEM certificate (-----BEGIN CERTIFICATE-----) found");
 
   const bool encrypted = key_pem.find("ENCRYPTED") != std::string_view::npos;
   auto kb = memory_bio(key_pem);
@@ -132,17 +137,25 @@ credential load_credential(std::string_view cert_pem, std::string_view key_pem,
   }
   if (EVP_PKEY_get_base_id(key.get()) != EVP_PKEY_RSA)
     fail(key_what, "not an RSA key (the client assertion is signed with RS256, which needs RSA)");
-  EVP_PKEY* cert_key = X509_get0_pubkey(cert.get());
-  if (!cert_key || EVP_PKEY_get_base_id(cert_key) != EVP_PKEY_RSA)
-    fail(cert_what, "the certificate's public key is not RSA (RS256 needs RSA)");
-  if (X509_check_private_key(cert.get(), key.get()) != 1)
+  X509* cert = nullptr;
+  for (const auto& c : certs) {
+    if (X509_check_private_key(c.get(), key.get()) == 1) {
+      cert = c.get();
+      break;
+    }
+  }
+  if (!cert) {
+    EVP_PKEY* first = X509_get0_pubkey(certs.front().get());
+    if (!first || EVP_PKEY_get_base_id(first) != EVP_PKEY_RSA)
+      fail(cert_what, "the certificate's public key is not RSA (RS256 needs RSA)");
     throw std::runtime_error(
         fmt::format("{} does not match {}: the private key is not the certificate's key",
                     key_what, cert_what));
+  }
 
   credential c;
-  const auto s256 = digest_of(cert.get(), EVP_sha256());
-  c.x5t = base64url_encode(digest_of(cert.get(), EVP_sha1()));
+  const auto s256 = digest_of(cert, EVP_sha256());
+  c.x5t = base64url_encode(digest_of(cert, EVP_sha1()));
   c.x5t_s256 = base64url_encode(s256);
   c.sha256_hex = to_hex(s256);
   c.key = std::move(key);

@@ -37,7 +37,9 @@ std::string random_bytes(std::size_t n) {
 
 // Every character outside RFC 3986 "unreserved" percent-encoded, so that '+', '&', '=', ' ' and
 // '/' in a value can never be misread by the identity platform's query parser.
-std::string pct(std::string_view v) { return boost::urls::encode(v, boost::urls::unreserved_chars); }
+std::string pct(std::string_view v) {
+  return boost::urls::encode(v, boost::urls::unreserved_chars);
+}
 
 std::string endpoint(const config::provider& p, std::string_view leaf) {
   return fmt::format("{}/{}/oauth2/v2.0/{}", p.authority, pct(p.tenant), leaf);

@@ -197,12 +197,32 @@ struct token_engine::impl {
     return std::string(reinterpret_cast<const char*>(md), len);
   }
 
-  template <class F>
-  awaitable<std::invoke_result_t<F>> off_thread(F f) {
-    using R = std::invoke_result_t<F>;
-    co_return co_await asio::co_spawn(
-        worker.get_executor(), [f = std::move(f)]() mutable -> awaitable<R> { co_return f(); },
-        asio::use_awaitable);
+  template <class R>
+  static awaitable<R> run_job(std::function<R()> f) {
+    co_return f();
+  }
+
+  // Runs f on the worker thread; resumes on the caller's executor. Jobs travel as named
+  // std::function locals: GCC 12 destroys a closure temporary built inside a co_await
+  // expression twice.
+  template <class R>
+  awaitable<R> off_thread(std::function<R()> f) {
+    auto job = run_job<R>(std::move(f));
+    co_return co_await asio::co_spawn(worker.get_executor(), std::move(job), asio::use_awaitable);
+  }
+
+  awaitable<std::optional<password_key>> new_key(secret password) {
+    std::function<std::optional<password_key>()> job = [password] {
+      return token_store::new_password_key(password);
+    };
+    co_return co_await off_thread(std::move(job));
+  }
+
+  awaitable<store_load> load_pw(std::string login, secret password, password_key* k) {
+    std::function<store_load()> job = [this, login, password, k] {
+      return store.load_with_password(login, password, k);
+    };
+    co_return co_await off_thread(std::move(job));
   }
 
   void changed(const grant_state& g) {
@@ -225,14 +245,16 @@ struct token_engine::impl {
     store_errc rc = store_errc::ok;
     if (g.file_key) {
       store_key k = *g.file_key;
-      rc = co_await off_thread([this, snapshot, k, &detail, replace_unreadable]() mutable {
+      std::function<store_errc()> job = [this, snapshot, k, &detail, replace_unreadable] {
         return store.save(snapshot, k, detail, replace_unreadable);
-      });
+      };
+      rc = co_await off_thread(std::move(job));
     } else if (g.pw_key) {
       password_key k = *g.pw_key;
-      rc = co_await off_thread([this, snapshot, k, &detail, replace_unreadable]() mutable {
+      std::function<store_errc()> job = [this, snapshot, k, &detail, replace_unreadable] {
         return store.save_with_password_key(snapshot, k, detail, replace_unreadable);
-      });
+      };
+      rc = co_await off_thread(std::move(job));
     } else {
       g.stored = false;
       log()->warn("account={:?}: tokens kept in memory only until the account's first login "
@@ -387,8 +409,7 @@ struct token_engine::impl {
     g.unlocking = true;
     std::string login = g.login;
     password_key k;
-    auto r = co_await off_thread(
-        [this, login, password, &k] { return store.load_with_password(login, password, &k); });
+    auto r = co_await load_pw(login, password, &k);
     if (r.grant) {
       g.pw_key = k;
       if (!g.have_grant || g.grant.updated_unix <= r.grant->updated_unix) {
@@ -398,7 +419,7 @@ struct token_engine::impl {
       }
       log()->info("account={:?}: token store entry opened with the account's password", g.login);
     } else if (r.error == store_errc::not_found) {
-      auto fresh = co_await off_thread([password] { return token_store::new_password_key(password); });
+      auto fresh = co_await new_key(password);
       if (fresh) g.pw_key = *fresh;
       if (g.have_grant) co_await persist(g, false);  // authorized while locked: store it now
     } else {
@@ -406,7 +427,7 @@ struct token_engine::impl {
       else {
         // Authorized again while an unreadable entry existed: the admin's new grant wins, the
         // old file is set aside.
-        auto fresh = co_await off_thread([password] { return token_store::new_password_key(password); });
+        auto fresh = co_await new_key(password);
         if (fresh) g.pw_key = *fresh;
         co_await persist(g, true);
       }
@@ -430,8 +451,7 @@ struct token_engine::impl {
       g.unlocking = true;
       password_key k;
       std::string name = g.login;
-      auto r = co_await off_thread(
-          [this, name, password, &k] { return store.load_with_password(name, password, &k); });
+      auto r = co_await load_pw(name, password, &k);
       g.unlocking = false;
       if (r.grant) {
         g.pw_key = k;
@@ -452,7 +472,7 @@ struct token_engine::impl {
       if (r.error.kind != failure_kind::bad_password) g.last_error = r.error.summary;
       co_return r;
     }
-    auto fresh = co_await off_thread([password] { return token_store::new_password_key(password); });
+    auto fresh = co_await new_key(password);
     g.pw_key = fresh;
     g.pw_digest = digest;
     token_result out;
@@ -555,6 +575,8 @@ struct token_engine::impl {
     s.provider = g.acct->provider;
     s.flow = g.acct->flow;
     s.state = g.device ? "authorizing" : g.state;
+    for (const auto& [st, pend] : pending_codes)
+      if (pend.login == g.login && pend.expires > steady::now()) s.state = "authorizing";
     if (auto t = tokens.peek(g.cache_key)) s.access_expires = t->expires_wall;
     else if (g.have_grant && g.grant.access_expires_unix)
       s.access_expires = wall_of(g.grant.access_expires_unix);
@@ -671,7 +693,7 @@ awaitable<void> token_engine::open_store(const config::account& a, secret passwo
     // The entry did not open with this password (it was changed): the authorization about to
     // happen replaces it (install() sets the unreadable file aside).
     auto fresh =
-        co_await e.off_thread([password] { return token_store::new_password_key(password); });
+        co_await e.new_key(password);
     g.pw_key = fresh;
   }
 }
@@ -703,6 +725,7 @@ awaitable<authorization_start> token_engine::begin_authorization(std::string log
     out.error = "the proxy is shutting down";
     co_return out;
   }
+  g.last_error.clear();  // a new attempt
   if (device || a->flow == config::flow_kind::device_code) {
     if (g.device) g.device->cancel.emit(asio::cancellation_type::all);
     e.count_request(&g, "devicecode");
@@ -740,6 +763,7 @@ awaitable<authorization_start> token_engine::begin_authorization(std::string log
                                               steady::now() + std::chrono::minutes{15}};
   out.ok = true;
   out.expires_in = std::chrono::seconds{15 * 60};
+  e.changed(g);
   log()->info("account={:?}: authorization started; waiting for the redirect to {}", g.login,
               redirect_uri());
   co_return out;

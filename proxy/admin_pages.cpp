@@ -8,8 +8,15 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <ctime>
+#include <fstream>
 #include <iterator>
 
 namespace xo::proxy::admin_detail {
@@ -72,7 +79,8 @@ void page_head(std::string& out, std::string_view title, bool refresh) {
 void providers_table(std::string& out, const std::vector<auth::provider_status>& providers) {
   out += "<h2>Providers</h2>\n<table id=\"providers\"><thead><tr><th>Name</th><th>Tenant</th>"
          "<th>Client ID</th><th>Client credential</th>"
-         "<th>Redirect URI (register in Azure, platform &quot;Web&quot;)</th></tr></thead><tbody>\n";
+         "<th>Redirect URI (register in Azure, platform &quot;Web&quot;)</th></tr></thead>"
+         "<tbody>\n";
   for (const auto& p : providers)
     fmt::format_to(std::back_inserter(out),
                    "<tr id=\"provider-{}\"><td class=\"name\">{}</td><td class=\"tenant\">{}</td>"
@@ -350,6 +358,45 @@ std::string message_page(std::string_view title, std::string_view message) {
                  "<p><a id=\"back\" href=\"/\">Back to the status page</a></p>\n</body></html>\n",
                  html_escape(title), html_escape(message));
   return out;
+}
+
+std::string write_file_atomic(const std::filesystem::path& dir, const std::string& name,
+                              std::string_view content) {
+  namespace fs = std::filesystem;
+  std::error_code fec;
+  if (!fs::exists(dir, fec)) {
+    if (fs::create_directories(dir, fec)) ::chmod(dir.c_str(), 0700);
+    if (fec) return dir.string() + ": " + fec.message();
+  }
+  const auto path = dir / name;
+  const auto tmp = dir / fmt::format(".{}.{}.tmp", name, ::getpid());
+  ::unlink(tmp.c_str());
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+  if (fd < 0) return tmp.string() + ": " + std::strerror(errno);
+  bool ok = ::write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size()) &&
+            ::fsync(fd) == 0;
+  int err = errno;
+  ::close(fd);
+  if (ok && ::rename(tmp.c_str(), path.c_str()) != 0) {
+    ok = false;
+    err = errno;
+  }
+  if (!ok) {
+    ::unlink(tmp.c_str());
+    return path.string() + ": " + std::strerror(err);
+  }
+  if (int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+  return {};
+}
+
+bool remove_if_unchanged(const std::filesystem::path& path, std::string_view content) {
+  std::ifstream in{path, std::ios::binary};
+  if (!in.is_open()) return false;
+  const std::string now{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  return now == content && ::unlink(path.c_str()) == 0;
 }
 
 }  // namespace xo::proxy::admin_detail

@@ -1,14 +1,15 @@
 #pragma once
-// Pure helpers of the admin HTTP listener (proxy/admin_server.cpp): HTML pages (every value
-// escaped), form and query parsing, the CSRF value, the Host allow-list against DNS rebinding and
-// the JSON shapes of the /api and /readyz answers. No I/O and no clock (callers pass `now`), so
-// they are unit-tested directly. Nothing here ever sees a token or a secret except csrf_for(),
+// Helpers of the admin HTTP listener (proxy/admin_server.cpp), kept apart so they are unit-tested
+// directly: HTML pages (every value escaped), form and query parsing, the CSRF value, the Host
+// allow-list against DNS rebinding and the JSON shapes of the /api and /readyz answers are pure
+// (no I/O, no clock: callers pass `now`); the last two functions write and remove admin.json. Nothing here ever sees a token or a secret except csrf_for(),
 // whose input is the admin token and whose output is safe to embed in the page.
 #include "auth/token_engine.hpp"
 
 #include <boost/json/object.hpp>
 
 #include <cstdint>
+#include <filesystem>
 #include <map>
 #include <optional>
 #include <string>
@@ -71,5 +72,13 @@ std::string device_page(std::string_view account, const auth::authorization_star
                         auth::wall_clock::time_point now);
 // A short page with a title, a message and a link back to "/" (errors, the OAuth callback).
 std::string message_page(std::string_view title, std::string_view message);
+
+// Writes dir/name atomically: a temporary file in dir (O_EXCL, mode 0600), fsync, rename, fsync
+// of the directory; dir is created (mode 0700) when missing. Returns an error text, empty on
+// success.
+std::string write_file_atomic(const std::filesystem::path& dir, const std::string& name,
+                              std::string_view content);
+// Removes path only if it still holds `content` (another process may have replaced it since).
+bool remove_if_unchanged(const std::filesystem::path& path, std::string_view content);
 
 }  // namespace xo::proxy::admin_detail

@@ -12,15 +12,9 @@
 #include <boost/beast/http.hpp>
 #include <boost/json.hpp>
 #include <boost/url/parse.hpp>
-#include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
-#include <cerrno>
-#include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <iterator>
 #include <map>
 
 namespace xo::proxy {
@@ -404,52 +398,22 @@ awaitable<void> accept_loop(std::shared_ptr<admin_state> st) {
 
 // ---- admin.json ----
 
-// Atomic: a temporary file (O_EXCL, 0600) in the same directory, fsync, rename, fsync of the
-// directory. Returns an error text, empty on success.
+// Returns an error text, empty on success.
 std::string write_admin_json(admin_state& st) {
-  namespace fs = std::filesystem;
-  const fs::path dir = st.cfg.proxy.state_dir;
-  std::error_code fec;
-  if (!fs::exists(dir, fec)) {
-    if (fs::create_directories(dir, fec)) ::chmod(dir.c_str(), 0700);
-    if (fec) return dir.string() + ": " + fec.message();
-  }
   const json::object o{{"url", st.url},
                        {"pid", static_cast<std::int64_t>(::getpid())},
                        {"token", st.token}};
-  const std::string content = json::serialize(o) + "\n";
-  const auto path = dir / "admin.json";
-  const auto tmp = dir / fmt::format(".admin.json.{}.tmp", ::getpid());
-  ::unlink(tmp.c_str());
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-  if (fd < 0) return tmp.string() + ": " + std::strerror(errno);
-  bool ok = ::write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size()) &&
-            ::fsync(fd) == 0;
-  int err = errno;
-  ::close(fd);
-  if (ok && ::rename(tmp.c_str(), path.c_str()) != 0) {
-    ok = false;
-    err = errno;
-  }
-  if (!ok) {
-    ::unlink(tmp.c_str());
-    return path.string() + ": " + std::strerror(err);
-  }
-  if (int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
-  }
-  st.admin_json_written = content;
-  return {};
+  std::string content = json::serialize(o) + "\n";
+  auto err = ad::write_file_atomic(st.cfg.proxy.state_dir, "admin.json", content);
+  if (err.empty()) st.admin_json_written = std::move(content);
+  return err;
 }
 
 // Another instance (the authorize CLI's own listener, say) may have replaced the file since.
 void remove_admin_json(admin_state& st) {
   if (st.admin_json_written.empty()) return;
-  const auto path = std::filesystem::path{st.cfg.proxy.state_dir} / "admin.json";
-  std::ifstream in{path, std::ios::binary};
-  std::string now{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-  if (in.is_open() && now == st.admin_json_written) ::unlink(path.c_str());
+  ad::remove_if_unchanged(std::filesystem::path{st.cfg.proxy.state_dir} / "admin.json",
+                          st.admin_json_written);
   st.admin_json_written.clear();
 }
 

@@ -846,7 +846,7 @@ class AuthorizeCLI:
     stdin kept open (for a pasted final URL) and its output collected by a reader thread."""
 
     def __init__(self, config_path: str, account_login: str, device: bool = False, timeout: int | None = 60,
-                 extra: tuple[str, ...] = ()):
+                 extra: tuple[str, ...] = (), env: dict | None = None):
         args = [proxy_bin(), "authorize", "--config", config_path, account_login]
         if device:
             args.append("--device")
@@ -855,7 +855,8 @@ class AuthorizeCLI:
         args += list(extra)
         self.args = args
         self.proc = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, env=proxy_env(), start_new_session=True)
+                                     stderr=subprocess.STDOUT, env=dict(proxy_env(), **(env or {})),
+                                     start_new_session=True)
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self._eof = False

@@ -155,7 +155,8 @@ config::provider provider() {
   return p;
 }
 
-const std::string audience = "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token";
+const std::string audience =
+    "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token";
 
 // Files in a per-test temporary directory.
 class ClientAuthFiles : public ::testing::Test {
@@ -338,6 +339,20 @@ TEST_F(ClientAuthFiles, CertificateAndKeyInOneFile) {
   std::vector<form_field> form;
   c.add_to(form, audience);
   auto j = split(field(form, "client_assertion"));
+  EXPECT_TRUE(verify_rs256(k.cert_pem, j.signed_part, j.signature));
+}
+
+TEST_F(ClientAuthFiles, CertificateOfTheKeyIsFoundInAChain) {
+  const auto& k = rsa_pki();
+  const pki other = make_pki(other_rsa_key());
+  auto p = provider();
+  p.certificate_file = write("chain.pem", other.cert_pem + k.cert_pem);
+  p.private_key_file = write("key.pem", k.key_pem);
+  client_auth c{p};
+  std::vector<form_field> form;
+  c.add_to(form, audience);
+  auto j = split(field(form, "client_assertion"));
+  EXPECT_EQ(str(j.header, "x5t#S256"), base64url_encode(digest(k.der, EVP_sha256())));
   EXPECT_TRUE(verify_rs256(k.cert_pem, j.signed_part, j.signature));
 }
 

@@ -49,9 +49,11 @@ bool all_of_charset(std::string_view s, std::string_view extra) {
 
 // ---- PKCE and state ----------------------------------------------------------------------------
 
+// RFC 7636 Appendix B (also: printf %s VERIFIER | openssl dgst -sha256 -binary | basenc
+// --base64url).
 TEST(Pkce, Rfc7636AppendixB) {
   EXPECT_EQ(pkce_challenge("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
-            "E9Melhoa2OwvFrEkgJXmHyR4ThtrKRQbFM5ypJwcZcM");
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM");
 }
 
 TEST(Pkce, FreshVerifierAndItsChallenge) {
@@ -409,7 +411,8 @@ TEST_F(DelegatedRequests, PasswordGrantAndWrongPassword) {
   answers_.push_back({200, token_answer});
   answers_.push_back({400, R"({"error":"invalid_grant","error_description":"AADSTS50126: Error validating credentials due to invalid username or password.","error_codes":[50126]})"});
   client_auth client{provider_};
-  auto r = run(password_grant(*http_, provider_, client, "alice@contoso.com", secret{"pa ss&w=rd"}));
+  auto r =
+      run(password_grant(*http_, provider_, client, "alice@contoso.com", secret{"pa ss&w=rd"}));
   ASSERT_TRUE(r.ok()) << r.error.summary;
   const std::map<std::string, std::string> want{
       {"grant_type", "password"},          {"client_id", provider_.client_id},

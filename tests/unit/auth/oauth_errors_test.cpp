@@ -161,7 +161,8 @@ TEST(OauthErrors, ErrorResponseOfOtherEndpoints) {
   EXPECT_EQ(e.kind, failure_kind::config);
   EXPECT_EQ(e.error, "invalid_request");
   EXPECT_EQ(e.aadsts, 90002);
-  EXPECT_EQ(e.summary, "invalid_request AADSTS90002: Tenant not found. (trace_id=t-1, correlation_id=c-1)");
+  EXPECT_EQ(e.summary,
+            "invalid_request AADSTS90002: Tenant not found. (trace_id=t-1, correlation_id=c-1)");
 
   res.status = 429;
   res.body = "slow down";

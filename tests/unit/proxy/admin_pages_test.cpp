@@ -2,6 +2,11 @@
 
 #include <boost/json.hpp>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 
 using namespace xo::proxy::admin_detail;
 namespace json = boost::json;
@@ -252,4 +257,59 @@ TEST(AdminPages, MessagePageEscapes) {
   EXPECT_NE(html.find("AADSTS70000: &lt;bad&gt; &amp; &quot;worse&quot;"), std::string::npos);
   EXPECT_NE(html.find("<a id=\"back\" href=\"/\">"), std::string::npos);
   EXPECT_EQ(html.find("refresh"), std::string::npos);
+}
+
+namespace {
+
+struct temp_dir {
+  std::filesystem::path path;
+  temp_dir() {
+    char tmpl[] = "/tmp/xo-admin-XXXXXX";
+    path = mkdtemp(tmpl);
+  }
+  ~temp_dir() { std::filesystem::remove_all(path); }
+};
+
+unsigned mode_of(const std::filesystem::path& p) {
+  struct stat sb {};
+  if (::stat(p.c_str(), &sb) != 0) return 0;
+  return sb.st_mode & 0777;
+}
+
+std::string read_all(const std::filesystem::path& p) {
+  std::ifstream in{p, std::ios::binary};
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+}  // namespace
+
+TEST(AdminPages, WriteFileAtomicCreatesPrivateDirAndFile) {
+  temp_dir t;
+  const auto dir = t.path / "state" / "sub";
+  EXPECT_EQ(write_file_atomic(dir, "admin.json", "{\"a\":1}\n"), "");
+  EXPECT_EQ(read_all(dir / "admin.json"), "{\"a\":1}\n");
+  EXPECT_EQ(mode_of(dir), 0700u);
+  EXPECT_EQ(mode_of(dir / "admin.json"), 0600u);
+  EXPECT_EQ(write_file_atomic(dir, "admin.json", "second"), "");
+  EXPECT_EQ(read_all(dir / "admin.json"), "second");
+  std::size_t files = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator(dir)) ++files;
+  EXPECT_EQ(files, 1u) << "no temporary file left behind";
+}
+
+TEST(AdminPages, WriteFileAtomicReportsErrors) {
+  temp_dir t;
+  std::ofstream{t.path / "plain"} << "x";
+  EXPECT_NE(write_file_atomic(t.path / "plain", "admin.json", "x"), "");
+}
+
+TEST(AdminPages, RemoveIfUnchangedLeavesAReplacedFile) {
+  temp_dir t;
+  ASSERT_EQ(write_file_atomic(t.path, "admin.json", "mine"), "");
+  ASSERT_EQ(write_file_atomic(t.path, "admin.json", "theirs"), "");
+  EXPECT_FALSE(remove_if_unchanged(t.path / "admin.json", "mine"));
+  EXPECT_TRUE(std::filesystem::exists(t.path / "admin.json"));
+  EXPECT_TRUE(remove_if_unchanged(t.path / "admin.json", "theirs"));
+  EXPECT_FALSE(std::filesystem::exists(t.path / "admin.json"));
+  EXPECT_FALSE(remove_if_unchanged(t.path / "admin.json", "theirs"));
 }
