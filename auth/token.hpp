@@ -42,4 +42,9 @@ struct token_result {
   bool ok() const { return token.has_value(); }
 };
 
+// Counts one identity-platform request in the metrics: by grant and outcome, its duration, and
+// the error code when it failed (never a token).
+void record_request(std::string_view grant, const token_result& r, steady::duration took);
+void record_request(std::string_view grant, const token_error* error, steady::duration took);
+
 }  // namespace xo::auth

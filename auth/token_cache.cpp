@@ -5,6 +5,7 @@
 #include "auth/token_cache.hpp"
 
 #include "common/log.hpp"
+#include "common/metrics.hpp"
 
 #include <exception>
 
@@ -152,6 +153,25 @@ std::optional<access_token> token_cache::peek(const std::string& key) const {
   return it->second->token;
 }
 
+void record_request(std::string_view grant, const token_result& r, steady::duration took) {
+  record_request(grant, r.ok() ? nullptr : &r.error, took);
+}
+
+void record_request(std::string_view grant, const token_error* error, steady::duration took) {
+  // A request that never left (not authorized, cancelled) is not an identity-platform request.
+  if (error && (error->error == "not_authorized" || error->error == "needs_authorization" ||
+                error->error == "store_error" || error->error == "cancelled"))
+    return;
+  const std::string_view outcome = error ? to_string(error->kind) : "ok";
+  metrics::counter_add("xoauth_token_requests_total", {{"grant", grant}, {"outcome", outcome}});
+  metrics::observe("xoauth_token_request_seconds", {{"grant", grant}},
+                   std::chrono::duration<double>(took).count());
+  if (error) {
+    const std::string code = error->aadsts ? "AADSTS" + std::to_string(error->aadsts) : "none";
+    metrics::counter_add("xoauth_idp_errors_total", {{"error", error->error}, {"code", code}});
+  }
+}
+
 std::uint64_t token_cache::fetch_count(const std::string& key) const {
   auto it = entries_.find(key);
   return it == entries_.end() ? 0 : it->second->started;
@@ -161,6 +181,7 @@ awaitable<void> token_cache::fetch(std::string key, token_source& source) {
   auto& e = slot(key);
   log()->debug("token fetch started: key={} grant={}", key, source.grant());
   token_result r;
+  const auto t0 = steady::now();
   try {
     r = co_await source.acquire();
   } catch (const std::exception& ex) {
@@ -171,6 +192,7 @@ awaitable<void> token_cache::fetch(std::string key, token_source& source) {
     log()->error("token source {} threw a non-standard exception", source.grant());
     r = transient_error("internal", "token source failed unexpectedly");
   }
+  record_request(source.grant(), r, steady::now() - t0);
   const auto now = now_();
   if (r.token) {
     e.lifetime = r.token->expires_at - now;

@@ -466,8 +466,10 @@ struct token_engine::impl {
     // Ask the identity platform with the user's password.
     count_request(&g, "password");
     const std::string username = g.acct->mailbox.empty() ? login : g.acct->mailbox;
+    const auto t0 = steady::now();
     auto r = co_await password_grant(*g.prov->http, *g.prov->cfg, *g.prov->client, username,
                                      password);
+    record_request("password", r, steady::now() - t0);
     if (!r.ok()) {
       if (r.error.kind != failure_kind::bad_password) g.last_error = r.error.summary;
       co_return r;
@@ -494,7 +496,9 @@ struct token_engine::impl {
       auto cs = co_await asio::this_coro::cancellation_state;
       if (cs.cancelled() != asio::cancellation_type::none || stopped) co_return;
       count_request(&g, "device_code");
+      const auto t0 = steady::now();
       auto r = co_await poll_device_code(*prov.http, *prov.cfg, *prov.client, device_code);
+      record_request("device_code", r, steady::now() - t0);
       if (r.ok()) {
         g.device.reset();
         co_await install(g, std::move(*r.token), true);
@@ -729,7 +733,9 @@ awaitable<authorization_start> token_engine::begin_authorization(std::string log
   if (device || a->flow == config::flow_kind::device_code) {
     if (g.device) g.device->cancel.emit(asio::cancellation_type::all);
     e.count_request(&g, "devicecode");
+    const auto t0 = steady::now();
     auto d = co_await start_device_code(*g.prov->http, *g.prov->cfg, *g.prov->client, a->flow);
+    record_request("devicecode", d.ok ? nullptr : &d.error, steady::now() - t0);
     if (!d.ok) {
       out.error = "the identity platform refused to start a device code sign-in: " + d.error.summary;
       g.last_error = out.error;
@@ -812,8 +818,11 @@ awaitable<callback_outcome> token_engine::complete_authorization(
     co_return out;
   }
   e.count_request(&g, "authorization_code");
+  const auto t0 = steady::now();
+  secret code_value{code->second};
   auto r = co_await redeem_code(*g.prov->http, *g.prov->cfg, *g.prov->client, a->flow,
-                                secret{code->second}, pend.redirect_uri, std::move(pend.verifier));
+                                std::move(code_value), pend.redirect_uri, std::move(pend.verifier));
+  record_request("authorization_code", r, steady::now() - t0);
   if (!r.ok()) {
     out.http_status = 502;
     out.message = fmt::format("Redeeming the authorization code for {} failed: {}", a->login,

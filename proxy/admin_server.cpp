@@ -4,6 +4,8 @@
 // the io_context after stop() or destruction never touch freed memory.
 #include "proxy/admin_server.hpp"
 
+#include "common/metrics.hpp"
+
 #include "auth/delegated.hpp"
 #include "common/log.hpp"
 #include "proxy/admin_pages.hpp"
@@ -235,6 +237,13 @@ awaitable<response> route(admin_state& st, const request& req, bool loopback, st
   if (path == "/readyz") {
     if (!get) co_return not_allowed(st, "GET");
     co_return readyz(st);
+  }
+  // Scrapers address the pod or container IP too; the metrics hold no secret.
+  if (path == "/metrics") {
+    if (!get) co_return not_allowed(st, "GET");
+    auto res = text(st, http::status::ok, metrics::render());
+    res.set(http::field::content_type, "text/plain; version=0.0.4; charset=utf-8");
+    co_return res;
   }
   // DNS rebinding: a hostile page whose name now resolves to 127.0.0.1 still sends its own Host.
   std::string_view host = req[http::field::host];

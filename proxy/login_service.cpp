@@ -15,9 +15,10 @@ bool iequals(std::string_view a, std::string_view b) {
   return true;
 }
 
-protocol::auth_outcome fail(protocol::auth_outcome::kind k) {
+protocol::auth_outcome fail(protocol::auth_outcome::kind k, std::string reason) {
   protocol::auth_outcome o;
   o.result = k;
+  o.reason = std::move(reason);
   return o;
 }
 
@@ -42,7 +43,7 @@ awaitable<protocol::auth_outcome> login_service::authorize(std::string sid,
   const config::account* acct = cfg_.find_account(req.user);
   if (req.anonymous) {
     // The listener allow-listed this client's address for its anonymous_account: no password.
-    if (!acct) co_return fail(k::bad_credentials);
+    if (!acct) co_return fail(k::bad_credentials, "unknown_account");
     log->info("sid={} anonymous sender mapped to account={:?}", sid, acct->login);
   }
   bool authzid_ok = req.authzid.empty() || iequals(req.authzid, req.user);
@@ -56,9 +57,9 @@ awaitable<protocol::auth_outcome> login_service::authorize(std::string sid,
   bool password_ok = req.anonymous || idp_checks;
   if (!password_ok) password_ok = co_await checker_.verify(std::move(hash), req.password);
   if (!acct || !password_ok || !authzid_ok) {
-    log->warn("sid={} login failed user={:?} reason={}", sid, req.user,
-              !acct ? "unknown account" : !password_ok ? "wrong password" : "authzid not permitted");
-    co_return fail(k::bad_credentials);
+    const char* why = !acct ? "unknown_account" : !password_ok ? "wrong_password" : "authzid";
+    log->warn("sid={} login failed user={:?} reason={}", sid, req.user, why);
+    co_return fail(k::bad_credentials, why);
   }
   auto token = co_await engine_.token_for(*acct, req.user, std::move(req.password));
   if (!token.ok()) {
@@ -66,18 +67,19 @@ awaitable<protocol::auth_outcome> login_service::authorize(std::string sid,
     log->warn("sid={} no token for user={:?} provider={} kind={} error={}", sid, req.user,
               acct->provider, auth::to_string(e.kind), e.summary);
     switch (e.kind) {
-      case auth::failure_kind::transient: co_return fail(k::temporary);
+      case auth::failure_kind::transient: co_return fail(k::temporary, "token_unavailable");
       case auth::failure_kind::bad_password:
         log->warn("sid={} login failed user={:?} reason=wrong password (identity platform)", sid,
                   req.user);
-        co_return fail(k::bad_credentials);
-      case auth::failure_kind::reauth:
-      case auth::failure_kind::config: co_return fail(k::contact_admin);
+        co_return fail(k::bad_credentials, "idp_wrong_password");
+      case auth::failure_kind::reauth: co_return fail(k::contact_admin, "needs_authorization");
+      case auth::failure_kind::config: co_return fail(k::contact_admin, "configuration");
     }
-    co_return fail(k::temporary);
+    co_return fail(k::temporary, "token_unavailable");
   }
   protocol::auth_outcome ok;
   ok.result = k::ok;
+  ok.reason = "ok";
   ok.mailbox = acct->mailbox.empty() ? req.user : acct->mailbox;
   ok.token = std::move(token.token->value);
   ok.allowed_senders = acct->allowed_from;

@@ -52,6 +52,7 @@ class session {
   session_env env_;
   std::array<char, 4096> buf_{};
   clock::time_point started_ = clock::now();
+  clock::time_point authorized_at_{};  // the local login decision (for upstream login latency)
   std::uint64_t bytes_in_ = 0;   // client → proxy/upstream
   std::uint64_t bytes_out_ = 0;  // proxy/upstream → client
   std::string end_;

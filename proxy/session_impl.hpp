@@ -1,6 +1,7 @@
 #pragma once
 // Member definitions of proxy::session<Flow>; included by the one .cpp per protocol that
 // instantiates it (imap_session.cpp, ...).
+#include "common/metrics.hpp"
 #include "proxy/session.hpp"
 
 #include <variant>
@@ -20,6 +21,8 @@ awaitable<void> session<Flow>::run() {
   auto log = logger("session");
   log->debug("sid={} open client={}:{}", env_.sid, client_.remote().address().to_string(),
              client_.remote().port());
+  const std::string_view proto = config::to_string(env_.listener.protocol);
+  metrics::gauge_add("xoauth_sessions_active", {{"protocol", proto}}, 1);
   while (!done_) {
     auto act = flow_.next();
     co_await std::visit([this](auto a) { return perform(std::move(a)); }, std::move(act));
@@ -27,6 +30,15 @@ awaitable<void> session<Flow>::run() {
   if (upstream_) upstream_->close();
   client_.close();
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(clock::now() - started_).count();
+  metrics::gauge_add("xoauth_sessions_active", {{"protocol", proto}}, -1);
+  metrics::counter_add("xoauth_sessions_total",
+                       {{"protocol", proto}, {"result", logged_in_ ? "relayed" : "not_logged_in"}});
+  metrics::counter_add("xoauth_relayed_bytes_total",
+                       {{"protocol", proto}, {"direction", "client_to_upstream"}},
+                       static_cast<double>(bytes_in_));
+  metrics::counter_add("xoauth_relayed_bytes_total",
+                       {{"protocol", proto}, {"direction", "upstream_to_client"}},
+                       static_cast<double>(bytes_out_));
   log->info("sid={} summary protocol={} client={} user={:?} logged_in={} bytes_in={} "
             "bytes_out={} duration_ms={} end={:?}",
             env_.sid, config::to_string(env_.listener.protocol),
@@ -108,6 +120,7 @@ awaitable<void> session<Flow>::perform(protocol::connect_upstream) {
   upstream_.reset();
   const auto& l = env_.listener;
   auto budget = std::chrono::duration_cast<std::chrono::seconds>(step_budget());
+  const auto t0 = clock::now();
   auto r = co_await connect_upstream(l.upstream, l.upstream_tls == config::upstream_tls_mode::implicit,
                                      env_.upstream_tls, std::max(budget, std::chrono::seconds{1}));
   if (!r.stream) {
@@ -116,6 +129,9 @@ awaitable<void> session<Flow>::perform(protocol::connect_upstream) {
     co_return;
   }
   upstream_.emplace(std::move(*r.stream));
+  metrics::observe("xoauth_upstream_connect_seconds",
+                   {{"protocol", config::to_string(l.protocol)}},
+                   std::chrono::duration<double>(clock::now() - t0).count());
   logger("session")->debug("sid={} upstream connected {} tls={}", env_.sid, l.upstream.to_string(),
                            upstream_->tls_description());
   flow_.on_io_done(true);
@@ -124,12 +140,26 @@ awaitable<void> session<Flow>::perform(protocol::connect_upstream) {
 template <class Flow>
 awaitable<void> session<Flow>::perform(protocol::authorize a) {
   auto outcome = co_await env_.logins.authorize(env_.sid, std::move(a));
+  using k = protocol::auth_outcome::kind;
+  const char* result = outcome.result == k::ok                ? "ok"
+                       : outcome.result == k::bad_credentials ? "bad_credentials"
+                       : outcome.result == k::temporary       ? "temporary"
+                                                              : "contact_admin";
+  metrics::counter_add("xoauth_logins_total",
+                       {{"protocol", config::to_string(env_.listener.protocol)},
+                        {"result", result},
+                        {"reason", outcome.reason}});
+  if (outcome.result == k::ok) authorized_at_ = clock::now();
   flow_.on_authorized(std::move(outcome));
 }
 
 template <class Flow>
 awaitable<void> session<Flow>::perform(protocol::splice a) {
   logged_in_ = true;
+  if (authorized_at_ != clock::time_point{})
+    metrics::observe("xoauth_upstream_login_seconds",
+                     {{"protocol", config::to_string(env_.listener.protocol)}},
+                     std::chrono::duration<double>(clock::now() - authorized_at_).count());
   logger("session")->info("sid={} logged in user={:?} upstream={} relaying", env_.sid,
                           flow_.user(), env_.listener.upstream.to_string());
   relay_options opt;

@@ -5,13 +5,15 @@
 # the proxy running.
 #   scripts/demo.sh          set up and run
 #   scripts/demo.sh stop     stop the proxy and the stand-ins
-# DEMO_PORT (default 1143) is the proxy's IMAP port on 127.0.0.1.
+# DEMO_PORT (default 1143) is the proxy's IMAP port on 127.0.0.1; DEMO_ADMIN_PORT (default 8025)
+# its admin page.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 BUILD_DIR=${BUILD_DIR:-$ROOT/build}
 DEMO_DIR=${DEMO_DIR:-$BUILD_DIR/demo}
 DEMO_PORT=${DEMO_PORT:-1143}
+DEMO_ADMIN_PORT=${DEMO_ADMIN_PORT:-8025}
 DEMO_USER=scanner@contoso.test
 DEMO_PASSWORD=demo-password
 
@@ -45,10 +47,10 @@ TB=$DEMO_DIR/testbed/testbed.json
 
 # The demo config: one provider (the mock identity platform), one IMAP listener, one account.
 HASH=$(printf '%s\n' "$DEMO_PASSWORD" | "$BIN" hash-password)
-python3 - "$TB" "$DEMO_DIR" "$DEMO_PORT" "$HASH" <<'PY'
+python3 - "$TB" "$DEMO_DIR" "$DEMO_PORT" "$HASH" "$DEMO_ADMIN_PORT" <<'PY'
 import json, os, sys
 tb = json.load(open(sys.argv[1]))
-demo, port, pw_hash = sys.argv[2], sys.argv[3], sys.argv[4]
+demo, port, pw_hash, admin = sys.argv[2], sys.argv[3], sys.argv[4], sys.argv[5]
 secret_file = os.path.join(demo, "client_secret")
 with open(os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
     f.write(tb["client_secret"] + "\n")
@@ -57,6 +59,7 @@ open(os.path.join(demo, "demo.toml"), "w").write(f"""# xoauth-proxy demo: the id
 [proxy]
 state_dir = "{demo}/state"
 log_level = "info"
+admin_listen = "127.0.0.1:{admin}"   # status page, health, OAuth redirect callback
 
 [[provider]]
 name = "demo"
@@ -119,5 +122,6 @@ cat <<EOF2
 The proxy is running (pid $(cat "$DEMO_DIR/proxy.pid"), log: $DEMO_DIR/proxy.log).
 Point any IMAP client at 127.0.0.1:$DEMO_PORT, no TLS, user $DEMO_USER, password $DEMO_PASSWORD:
   curl -s --user '$DEMO_USER:$DEMO_PASSWORD' imap://127.0.0.1:$DEMO_PORT/INBOX -X 'FETCH 1 BODY[HEADER.FIELDS (SUBJECT)]'
+Status page: http://127.0.0.1:$DEMO_ADMIN_PORT/   (health: /healthz)
 Config: $DEMO_DIR/demo.toml     Stop everything: scripts/demo.sh stop
 EOF2

@@ -72,6 +72,7 @@ struct auth_outcome {
   std::string mailbox;  // XOAUTH2 user=
   secret token;         // access token
   std::vector<std::string> allowed_senders;  // SMTP: the account's allowed_from
+  std::string reason;   // for metrics and logs: "ok", "wrong_password", "needs_authorization" ...
 };
 
 }  // namespace xo::protocol
