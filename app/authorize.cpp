@@ -185,14 +185,19 @@ int authorize_here(const config::config& cfg, const config::account& acct,
   std::string outcome;
   bool done = false;
   const auto started = auth::wall_clock::now();
+  asio::steady_timer grace{io};
   auto finish = [&](int code, std::string text) {
     if (done) return;
     done = true;
     rc = code;
     outcome = std::move(text);
     engine.stop();
-    admin.stop();
-    io.stop();
+    // Let the browser's callback request get its answer before the listener goes away.
+    grace.expires_after(1s);
+    grace.async_wait([&](error_code) {
+      admin.stop();
+      io.stop();
+    });
   };
   engine.on_change([&](const auth::account_status& s) {
     if (s.login != acct.login) return;

@@ -91,11 +91,13 @@ struct token_engine::impl {
     grant_state& g_;
   };
 
+  // A device-code sign-in being polled. Its poll loop ends when the sign-in ends, when a newer
+  // one replaces it (generation), or at shutdown.
   struct pending_device {
     std::string user_code;
     std::string verification_uri;
     wall_clock::time_point expires{};
-    asio::cancellation_signal cancel;
+    std::uint64_t generation = 0;
   };
 
   struct grant_state {
@@ -488,17 +490,18 @@ struct token_engine::impl {
 
   // ---- device code ----
 
-  awaitable<void> poll_device(grant_state& g, secret device_code, std::chrono::seconds interval,
-                              steady::time_point deadline) {
+  awaitable<void> poll_device(grant_state& g, std::uint64_t gen, secret device_code,
+                              std::chrono::seconds interval, steady::time_point deadline) {
     auto& prov = *g.prov;
+    auto current = [&] { return !stopped && g.device && g.device->generation == gen; };
     while (steady::now() < deadline) {
       co_await sleep_for(interval);
-      auto cs = co_await asio::this_coro::cancellation_state;
-      if (cs.cancelled() != asio::cancellation_type::none || stopped) co_return;
+      if (!current()) co_return;
       count_request(&g, "device_code");
       const auto t0 = steady::now();
       auto r = co_await poll_device_code(*prov.http, *prov.cfg, *prov.client, device_code);
       record_request("device_code", r, steady::now() - t0);
+      if (!current()) co_return;
       if (r.ok()) {
         g.device.reset();
         co_await install(g, std::move(*r.token), true);
@@ -523,6 +526,7 @@ struct token_engine::impl {
       changed(g);
       co_return;
     }
+    if (!current()) co_return;
     g.device.reset();
     if (!g.have_grant) g.state = "not_authorized";
     g.last_error = "device code sign-in expired before it was completed";
@@ -612,6 +616,7 @@ struct token_engine::impl {
   bool started = false;
   bool stopped = false;
   asio::steady_timer sweeper;
+  std::uint64_t device_generation = 0;
   unsigned char digest_key[32];
   asio::thread_pool worker;  // last: joined first
 };
@@ -652,8 +657,7 @@ void token_engine::stop() {
   auto& e = *impl_;
   e.stopped = true;
   e.sweeper.cancel();
-  for (auto& [key, gp] : e.grants)
-    if (gp->device) gp->device->cancel.emit(asio::cancellation_type::all);
+  // Device-code polls notice `stopped` after their current sleep.
 }
 
 void token_engine::set_admin_port(std::uint16_t port) { impl_->admin_port = port; }
@@ -731,7 +735,6 @@ awaitable<authorization_start> token_engine::begin_authorization(std::string log
   }
   g.last_error.clear();  // a new attempt
   if (device || a->flow == config::flow_kind::device_code) {
-    if (g.device) g.device->cancel.emit(asio::cancellation_type::all);
     e.count_request(&g, "devicecode");
     const auto t0 = steady::now();
     auto d = co_await start_device_code(*g.prov->http, *g.prov->cfg, *g.prov->client, a->flow);
@@ -745,8 +748,8 @@ awaitable<authorization_start> token_engine::begin_authorization(std::string log
     pend->user_code = d.ok->user_code;
     pend->verification_uri = d.ok->verification_uri;
     pend->expires = wall_clock::now() + d.ok->expires_in;
-    auto slot = pend->cancel.slot();
-    g.device = std::move(pend);
+    const std::uint64_t gen = pend->generation = ++e.device_generation;
+    g.device = std::move(pend);  // replaces (and so ends) any earlier device sign-in's polling
     out.ok = true;
     out.verification_uri = d.ok->verification_uri;
     out.user_code = d.ok->user_code;
@@ -754,8 +757,8 @@ awaitable<authorization_start> token_engine::begin_authorization(std::string log
     out.expires_in = d.ok->expires_in;
     const auto deadline = steady::now() + d.ok->expires_in;
     asio::co_spawn(e.ex,
-                   e.poll_device(g, std::move(d.ok->device_code), d.ok->interval, deadline),
-                   asio::bind_cancellation_slot(slot, asio::detached));
+                   e.poll_device(g, gen, std::move(d.ok->device_code), d.ok->interval, deadline),
+                   asio::detached);
     e.changed(g);
     log()->info("account={:?}: device code sign-in started (code valid {} s)", g.login,
                 d.ok->expires_in.count());

@@ -68,6 +68,7 @@ struct proxy_settings {
   std::string token_key_file;
   std::chrono::seconds refresh_ahead{300};        // refresh access tokens this long before expiry
   std::chrono::seconds token_keepalive{604800};   // refresh idle grants at least this often
+  std::chrono::seconds drain_timeout{30};  // SIGTERM: sessions may finish this long, then close
 };
 
 struct provider {

@@ -140,6 +140,7 @@ void describe_proxy(std::string& out, const proxy_settings& p) {
                                               : "file " + p.token_key_file);
   out += fmt::format("  token refresh: {}s ahead of expiry, idle grants every {}s\n",
                      p.refresh_ahead.count(), p.token_keepalive.count());
+  out += fmt::format("  drain on SIGTERM: up to {}s\n", p.drain_timeout.count());
 }
 
 void describe_provider(std::string& out, const provider& p) {

@@ -98,6 +98,8 @@ void read_proxy(reader& root, proxy_settings& s) {
       s.refresh_ahead);
   set(*t, pos, "token_keepalive", t->integer("token_keepalive"), seconds_at_least<3600>,
       s.token_keepalive);
+  set(*t, pos, "drain_timeout", t->integer("drain_timeout"), seconds_at_least<1>,
+      s.drain_timeout);
   t->finish();
   if (!s.admin_listen.empty()) {
     located<std::string> v{s.admin_listen, pos.of("admin_listen")};

@@ -110,7 +110,7 @@ awaitable<void> wait_for_stop(asio::io_context& io, std::list<listener_runtime>&
     error_code ignored;
     l.acceptor.close(ignored);
   }
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  auto deadline = std::chrono::steady_clock::now() + st.cfg.proxy.drain_timeout;
   while (st.active > 0 && std::chrono::steady_clock::now() < deadline)
     co_await sleep_for(std::chrono::milliseconds(50));
   log->info("stopped ({} session(s) still open were closed)", st.active);

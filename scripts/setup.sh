@@ -14,6 +14,9 @@ PACKAGES=(
   openssl ca-certificates curl python3
   # headless browser for the sign-in page tests (Chrome DevTools Protocol over a websocket)
   chromium python3-websocket
+  # packaging and the container test: image build and run (rootful podman with runc, a local
+  # debootstrap base), the .deb's manual page, and the checkers of examples/
+  podman runc debootstrap help2man systemd python3-yaml
 )
 
 missing=()

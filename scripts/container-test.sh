@@ -1,0 +1,417 @@
+#!/usr/bin/env bash
+# Container test: builds the image from the Dockerfile with Debian's podman, runs it next to a
+# private test bed and logs in through it with real clients (python3 imaplib, poplib, smtplib).
+#
+#   scripts/container-test.sh          (root: rootful podman; BUILD_DIR defaults to build/)
+#
+# No registry is reachable, so the base image is made here: `debootstrap --variant=minbase
+# bookworm` from the Debian mirror that apt uses, slimmed like debian:bookworm-slim, cached as
+# $BUILD_DIR/container/debian-bookworm-minbase.tar (rebuilt after XOAUTH_BASE_MAX_AGE_DAYS, 30)
+# and loaded with `podman import`. The image is built with --pull=never --format docker (keeps
+# HEALTHCHECK) --build-arg BASE=that image. podman runs with runc and lowered default ulimits
+# (podman's defaults are above what this machine allows), through a private containers.conf.
+#
+# What it checks: the image (non-root user, volume, health check, ports, no compiler, every
+# shared library found); the proxy container on the host network (read-only root, no
+# capabilities) with config, CA and secrets mounted and a named volume as state_dir, against its
+# own test bed in $BUILD_DIR/container-testbed (never the shared one); IMAP, POP3 and SMTP logins
+# through it, a wrong password refused; `podman healthcheck run`; `xoauth-proxy check` in the
+# container; a clean stop on SIGTERM.
+#
+# Exit status: 0 passed, 1 failed, 77 skipped: podman cannot run a container here at all (for
+# example no permission to create namespaces); a banner on stderr says so.
+# Environment: XOAUTH_CONTAINER_JOBS (compile jobs in the image build, default 2),
+# XOAUTH_DEBIAN_MIRROR / XOAUTH_DEBIAN_SECURITY_MIRROR (default: from /etc/apt/sources*),
+# XOAUTH_KEEP_CONTAINER=1 (leave the container, volume and test bed for a look afterwards).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BUILD_DIR=${BUILD_DIR:-$ROOT/build}
+WORK=$BUILD_DIR/container
+RUN_DIR=$WORK/run
+TB_DIR=$BUILD_DIR/container-testbed
+BASE_TAR=$WORK/debian-bookworm-minbase.tar
+BASE_IMAGE=localhost/xoauth-proxy-base:bookworm
+IMAGE=localhost/xoauth-proxy:test
+BUILD_IMAGE=localhost/xoauth-proxy-build:test     # the build stage, tagged so its layers stay cached
+NAME=xoauth-proxy-ctest
+VOLUME=xoauth-proxy-ctest-state
+JOBS=${XOAUTH_CONTAINER_JOBS:-2}
+BASE_MAX_AGE_DAYS=${XOAUTH_BASE_MAX_AGE_DAYS:-30}
+SYS_PYTHON=/usr/bin/python3     # Debian's, whatever python3 is first on PATH
+T0=$SECONDS
+
+log() { printf '[container-test +%ss] %s\n' "$((SECONDS - T0))" "$*"; }
+fail() { printf '[container-test] FAILED: %s\n' "$*" >&2; exit 1; }
+banner() {
+  {
+    printf '\n%s\n' "########################################################################"
+    printf '#  CONTAINER TEST SKIPPED: %s\n' "$1"
+    shift
+    for line in "$@"; do printf '#  %s\n' "$line"; done
+    printf '%s\n\n' "########################################################################"
+  } >&2
+}
+
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
+    exec sudo -n --preserve-env=BUILD_DIR,XOAUTH_CONTAINER_JOBS,XOAUTH_DEBIAN_MIRROR,XOAUTH_DEBIAN_SECURITY_MIRROR,XOAUTH_KEEP_CONTAINER,XOAUTH_BASE_MAX_AGE_DAYS "$0" "$@"
+  fi
+  banner "not root" "This test uses rootful podman and debootstrap; run it as root."
+  exit 77
+fi
+for tool in podman runc debootstrap; do
+  command -v "$tool" >/dev/null || fail "$tool is not installed (scripts/setup.sh installs it)"
+done
+mkdir -p "$WORK" "$RUN_DIR"
+
+# --- podman settings: runc, ulimits this machine allows, no systemd needed ------------------------
+hard_nofile=$(ulimit -Hn); [ "$hard_nofile" = unlimited ] && hard_nofile=1048576
+hard_nproc=$(ulimit -Hu); [ "$hard_nproc" = unlimited ] && hard_nproc=1048576
+nofile=$(( hard_nofile < 65536 ? hard_nofile : 65536 ))
+nproc=$(( hard_nproc < 16384 ? hard_nproc : 16384 ))   # podman itself caps its children lower
+cat > "$WORK/containers.conf" <<EOF
+# Written by scripts/container-test.sh (CONTAINERS_CONF); the system's containers.conf is not used.
+[containers]
+default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+EOF
+export CONTAINERS_CONF=$WORK/containers.conf
+# Without systemd as PID 1 podman cannot schedule the periodic health check (a systemd timer); it
+# still runs it on demand (`podman healthcheck run`), which is what this test does.
+HEALTH_OPTS=()
+[ -d /run/systemd/system ] || HEALTH_OPTS=(--health-interval=disable)
+
+# --- the base image: debootstrap minbase, cached --------------------------------------------------
+apt_mirrors() {  # prints "MIRROR SECURITY_MIRROR" for bookworm from apt's sources
+  "$SYS_PYTHON" - <<'EOF'
+import glob, re
+main = sec = ""
+def consider(uris, suites):
+    global main, sec
+    for u in uris:
+        if not main and "bookworm" in suites:
+            main = u
+        if not sec and "bookworm-security" in suites:
+            sec = u
+files = ["/etc/apt/sources.list"] + sorted(glob.glob("/etc/apt/sources.list.d/*"))
+for f in files:
+    try:
+        text = open(f).read()
+    except OSError:
+        continue
+    if f.endswith(".sources"):
+        for stanza in re.split(r"\n\s*\n", text):
+            fields = {}
+            for line in stanza.splitlines():
+                m = re.match(r"^([A-Za-z-]+):\s*(.*)$", line)
+                if m:
+                    fields[m.group(1).lower()] = m.group(2).split()
+            if "deb" in fields.get("types", []) and fields.get("enabled", ["yes"]) != ["no"]:
+                consider(fields.get("uris", []), fields.get("suites", []))
+    elif f.endswith(".list"):
+        for line in text.splitlines():
+            line = re.sub(r"\[[^]]*\]", "", line.split("#", 1)[0]).split()
+            if len(line) >= 3 and line[0] == "deb":
+                consider([line[1]], [line[2]])
+print(main or "http://deb.debian.org/debian", sec or "")
+EOF
+}
+
+make_base_tarball() {
+  local mirror=$1 security=$2 root=$WORK/base-root
+  log "debootstrap --variant=minbase bookworm from $mirror (about 30-60 s)"
+  rm -rf "$root"
+  if ! debootstrap --variant=minbase bookworm "$root" "$mirror" > "$WORK/debootstrap.log" 2>&1; then
+    tail -20 "$WORK/debootstrap.log" >&2
+    fail "debootstrap failed (log: $WORK/debootstrap.log)"
+  fi
+  # Slim it like debian:bookworm-slim: no package caches, lists, manuals, docs or translations,
+  # and dpkg told not to install them later.
+  rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/cache/apt/*.bin "$root"/var/lib/apt/lists/* \
+         "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/usr/share/locale/* \
+         "$root"/var/log/*.log "$root"/var/log/apt/*
+  find "$root/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
+  find "$root/usr/share/doc" -mindepth 1 -type d -empty -delete
+  cat > "$root/etc/dpkg/dpkg.cfg.d/xoauth-slim" <<'EOF'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+path-include /usr/share/locale/locale.alias
+path-exclude /usr/share/lintian/*
+EOF
+  rm -f "$root/etc/apt/sources.list"
+  {
+    printf 'Types: deb\nURIs: %s\nSuites: bookworm bookworm-updates\nComponents: main\n' "$mirror"
+    printf 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n'
+    if [ -n "$security" ]; then
+      printf '\nTypes: deb\nURIs: %s\nSuites: bookworm-security\nComponents: main\n' "$security"
+      printf 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n'
+    fi
+  } > "$root/etc/apt/sources.list.d/debian.sources"
+  : > "$root/etc/machine-id"
+  tar -C "$root" --numeric-owner -cf "$BASE_TAR.tmp" .
+  mv "$BASE_TAR.tmp" "$BASE_TAR"
+  rm -rf "$root"
+}
+
+read -r MIRROR SECURITY_MIRROR < <(apt_mirrors)
+MIRROR=${XOAUTH_DEBIAN_MIRROR:-$MIRROR}
+SECURITY_MIRROR=${XOAUTH_DEBIAN_SECURITY_MIRROR:-$SECURITY_MIRROR}
+if [ ! -s "$BASE_TAR" ] || [ -n "$(find "$BASE_TAR" -mtime +"$BASE_MAX_AGE_DAYS" 2>/dev/null)" ]; then
+  make_base_tarball "$MIRROR" "$SECURITY_MIRROR"
+else
+  log "base tarball cached: $BASE_TAR ($(du -h "$BASE_TAR" | cut -f1), from $(date -r "$BASE_TAR" +%F))"
+fi
+base_sum=$(sha256sum "$BASE_TAR" | cut -c1-64)
+if [ "$(podman image inspect --format '{{index .Labels "xoauth.base.sha256"}}' "$BASE_IMAGE" 2>/dev/null || true)" != "$base_sum" ]; then
+  log "podman import $BASE_TAR -> $BASE_IMAGE"
+  podman import -q --change 'CMD ["bash"]' --change "LABEL xoauth.base.sha256=$base_sum" \
+    "$BASE_TAR" "$BASE_IMAGE" > /dev/null
+fi
+
+# --- can podman run a container here at all? -------------------------------------------------------
+if ! probe=$(podman run --rm --network none "$BASE_IMAGE" true 2>&1); then
+  banner "podman cannot run a container in this environment" \
+    "podman run --rm --network none $BASE_IMAGE true said:" \
+    "${probe//$'\n'/ | }" \
+    "The image was NOT built or tested. (scripts/container-test.sh)"
+  exit 77
+fi
+
+# --- build the image -------------------------------------------------------------------------------
+old_ids=$(podman image inspect --format '{{.Id}}' "$IMAGE" "$BUILD_IMAGE" 2>/dev/null || true)
+build_args=(--pull=never --format docker --build-arg "BASE=$BASE_IMAGE" --build-arg "JOBS=$JOBS"
+            -f "$ROOT/Dockerfile")
+log "podman build (the build stage compiles xoauth-proxy with -j$JOBS: several minutes when the sources changed)"
+t=$SECONDS
+if ! podman build "${build_args[@]}" --target build -t "$BUILD_IMAGE" "$ROOT" > "$WORK/build.log" 2>&1 \
+   || ! podman build "${build_args[@]}" -t "$IMAGE" "$ROOT" >> "$WORK/build.log" 2>&1; then
+  tail -40 "$WORK/build.log" >&2
+  fail "podman build failed (log: $WORK/build.log)"
+fi
+log "image built in $((SECONDS - t)) s (log: $WORK/build.log)"
+for id in $old_ids; do   # what the rebuild replaced (kept when still in use)
+  if ! podman image inspect --format '{{.Id}}' "$IMAGE" "$BUILD_IMAGE" | grep -qx "$id"; then
+    podman rmi "$id" > /dev/null 2>&1 || true
+  fi
+done
+
+# --- the image's metadata and contents ---------------------------------------------------------------
+inspect() { podman image inspect --format "$1" "$IMAGE"; }
+size=$(inspect '{{.Size}}')
+log "image $IMAGE: $((size / 1000000)) MB (base $(( $(podman image inspect --format '{{.Size}}' "$BASE_IMAGE") / 1000000 )) MB)"
+user=$(inspect '{{.Config.User}}')
+[ -n "$user" ] && [ "${user%%:*}" != 0 ] && [ "${user%%:*}" != root ] || fail "image user is '$user', expected non-root"
+health=$(inspect '{{json .Config.Healthcheck}}')
+grep -q '/healthz' <<< "$health" || fail "no HEALTHCHECK on /healthz in the image (got $health; built with --format docker?)"
+inspect '{{json .Config.Volumes}}' | grep -q '"/var/lib/xoauth-proxy"' || fail "/var/lib/xoauth-proxy is not a VOLUME"
+for p in 1143 1110 1587 8025; do
+  inspect '{{json .Config.ExposedPorts}}' | grep -q "\"$p/tcp\"" || fail "port $p is not EXPOSEd"
+done
+podman run --rm --network none "${HEALTH_OPTS[@]}" --entrypoint bash "$IMAGE" -c '
+  set -e
+  for tool in gcc g++ cc c++ cmake ninja make curl wget; do
+    if command -v "$tool" >/dev/null; then echo "build or network tool in the runtime image: $tool" >&2; exit 1; fi
+  done
+  if ldd /usr/local/bin/xoauth-proxy | grep "not found"; then exit 1; fi
+  [ "$(id -u)" = 10001 ] && [ "$(stat -c %u:%a /var/lib/xoauth-proxy)" = 10001:700 ]
+  xoauth-proxy --version' > "$WORK/image-check.log" 2>&1 \
+  || { cat "$WORK/image-check.log" >&2; fail "runtime image contents"; }
+log "image checks passed: user $user, $(cat "$WORK/image-check.log")"
+
+# --- the test bed and a config for the container --------------------------------------------------
+cleanup() {
+  local rc=$?
+  if [ "${XOAUTH_KEEP_CONTAINER:-0}" = 1 ]; then
+    log "kept: container $NAME, volume $VOLUME, test bed $TB_DIR"
+  else
+    podman rm -f -t 0 "$NAME" > /dev/null 2>&1 || true
+    podman volume rm -f "$VOLUME" > /dev/null 2>&1 || true
+    python3 "$ROOT/tests/testbed/testbed.py" stop --dir "$TB_DIR" > /dev/null 2>&1 || true
+    rm -rf "$RUN_DIR/secrets"
+  fi
+  exit $rc
+}
+trap cleanup EXIT
+podman rm -f -t 0 "$NAME" > /dev/null 2>&1 || true      # left over from an interrupted run
+podman volume rm -f "$VOLUME" > /dev/null 2>&1 || true
+
+log "starting the test bed in $TB_DIR"
+python3 "$ROOT/tests/testbed/testbed.py" start --dir "$TB_DIR" > "$WORK/testbed.log" 2>&1 \
+  || { cat "$WORK/testbed.log" >&2; fail "test bed did not start"; }
+
+PASSWORD="ctest-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
+HASH=$(printf '%s\n' "$PASSWORD" | podman run --rm -i --network none "${HEALTH_OPTS[@]}" "$IMAGE" hash-password)
+[[ $HASH == '$argon2id$'* ]] || fail "hash-password in the container printed '$HASH'"
+
+rm -rf "$RUN_DIR" && mkdir -p "$RUN_DIR/secrets"
+"$SYS_PYTHON" - "$TB_DIR/testbed.json" "$RUN_DIR" "$HASH" <<'EOF'
+import json, os, socket, sys
+tb, run, pw_hash = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3]
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+ports = {"imap": free_port(), "pop3": free_port(), "smtp": free_port(), "admin": free_port()}
+with open(os.path.join(run, "secrets", "client_secret"), "w") as f:
+    f.write(tb["client_secret"] + "\n")
+with open(os.path.join(run, "secrets", "token_key"), "wb") as f:
+    f.write(os.urandom(32))
+with open(tb["ca_file"]) as src, open(os.path.join(run, "ca.pem"), "w") as dst:
+    dst.write(src.read())
+ca = "/etc/xoauth-proxy/ca.pem"   # inside the container
+def listener(proto, up):
+    return f'''[[listener]]
+protocol = "{proto}"
+listen = "127.0.0.1:{ports[proto]}"
+tls = "none"
+upstream = "{up['address']}"
+upstream_tls = "{up['tls']}"
+upstream_ca_file = "{ca}"
+'''
+config = f'''# written by scripts/container-test.sh
+[proxy]
+state_dir = "/var/lib/xoauth-proxy"
+log_format = "text"
+log_level = "debug"
+admin_listen = "127.0.0.1:{ports['admin']}"
+token_key_file = "${{CREDENTIALS_DIRECTORY}}/token_key"
+
+[[provider]]
+name = "contoso"
+tenant = "{tb['tenant']}"
+client_id = "{tb['client_id']}"
+client_secret_file = "${{CREDENTIALS_DIRECTORY}}/client_secret"
+authority = "{tb['authority']}"
+ca_file = "{ca}"
+
+{listener("imap", tb["dovecot"]["imaps"])}
+{listener("pop3", tb["dovecot"]["pop3s"])}
+{listener("smtp", tb["postfix"]["submission"])}
+[[account]]
+login = "scanner@contoso.test"
+provider = "contoso"
+flow = "client_credentials"
+password_hash = "{pw_hash}"
+'''
+with open(os.path.join(run, "config.toml"), "w") as f:
+    f.write(config)
+json.dump(ports, open(os.path.join(run, "ports.json"), "w"))
+EOF
+# The proxy runs as uid 10001: what it reads must be readable by it (as with real mounts).
+chown -R 10001:10001 "$RUN_DIR/secrets" && chmod 0500 "$RUN_DIR/secrets" && chmod 0400 "$RUN_DIR"/secrets/*
+chmod 0644 "$RUN_DIR/config.toml" "$RUN_DIR/ca.pem"
+read -r IMAP_PORT POP3_PORT SMTP_PORT ADMIN_PORT < <("$SYS_PYTHON" -c \
+  'import json,sys; p=json.load(open(sys.argv[1])); print(p["imap"], p["pop3"], p["smtp"], p["admin"])' \
+  "$RUN_DIR/ports.json")
+
+# --- run the proxy container -------------------------------------------------------------------------
+log "podman run $IMAGE on the host network (imap $IMAP_PORT, pop3 $POP3_PORT, smtp $SMTP_PORT, admin $ADMIN_PORT)"
+podman volume create "$VOLUME" > /dev/null
+podman run -d --name "$NAME" --network host \
+  --read-only --cap-drop ALL --security-opt no-new-privileges \
+  -e CREDENTIALS_DIRECTORY=/run/secrets -e "XOAUTH_HEALTHCHECK_ADDR=127.0.0.1:$ADMIN_PORT" \
+  -v "$RUN_DIR/config.toml:/etc/xoauth-proxy/config.toml:ro" \
+  -v "$RUN_DIR/ca.pem:/etc/xoauth-proxy/ca.pem:ro" \
+  -v "$RUN_DIR/secrets:/run/secrets:ro" \
+  -v "$VOLUME:/var/lib/xoauth-proxy" \
+  "${HEALTH_OPTS[@]}" "$IMAGE" > /dev/null 2> "$WORK/run.err" \
+  || { cat "$WORK/run.err" >&2; fail "podman run"; }
+
+ready=0
+for _ in $(seq 1 150); do
+  logs=$(podman logs "$NAME" 2>&1 || true)
+  if [ "$(grep -c 'listening on .* protocol=' <<< "$logs")" -ge 3 ] && grep -q 'admin listening on' <<< "$logs"; then
+    ready=1; break
+  fi
+  [ "$(podman inspect --format '{{.State.Running}}' "$NAME")" = true ] || break
+  sleep 0.2
+done
+if [ "$ready" != 1 ]; then
+  podman logs "$NAME" >&2 || true
+  fail "the proxy container did not come up (state: $(podman inspect --format '{{.State.Status}} exit {{.State.ExitCode}}' "$NAME"))"
+fi
+log "proxy ready"
+
+# --- health check, check, state ---------------------------------------------------------------------
+podman healthcheck run "$NAME" > "$WORK/health.log" 2>&1 || { cat "$WORK/health.log" >&2; fail "podman healthcheck run"; }
+status=$(podman inspect --format '{{.State.Health.Status}}' "$NAME" 2>/dev/null \
+         || podman inspect --format '{{.State.Healthcheck.Status}}' "$NAME")
+[ "$status" = healthy ] || fail "health status '$status' after podman healthcheck run"
+log "podman healthcheck run: $status"
+# The same check must fail when nothing listens there, and when what answers is no HTTP server.
+health_script=$(podman image inspect --format '{{json .Config.Healthcheck.Test}}' "$IMAGE" \
+  | "$SYS_PYTHON" -c 'import json,sys; t=json.load(sys.stdin); assert t[:3]==["CMD","bash","-c"], t; print(t[3])')
+closed_port=$("$SYS_PYTHON" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+for addr in "127.0.0.1:$closed_port" "127.0.0.1:$IMAP_PORT"; do
+  if podman exec -e "XOAUTH_HEALTHCHECK_ADDR=$addr" "$NAME" bash -c "$health_script" > /dev/null 2>&1; then
+    fail "the health check passed against $addr (nothing there / not the admin listener)"
+  fi
+done
+log "the health check fails against a closed port and against the IMAP listener"
+podman exec "$NAME" xoauth-proxy check > "$WORK/check.log" 2>&1 \
+  || { cat "$WORK/check.log" >&2; fail "xoauth-proxy check inside the container"; }
+podman exec "$NAME" bash -c 'set -e; cd /var/lib/xoauth-proxy; [ "$(stat -c %u:%a .)" = 10001:700 ]; test -s admin.json' \
+  || fail "state_dir volume: expected owner 10001, mode 0700 and admin.json in it"
+
+# --- real clients through the proxy ------------------------------------------------------------------
+log "IMAP, POP3 and SMTP logins through the container"
+"$SYS_PYTHON" - "$IMAP_PORT" "$POP3_PORT" "$SMTP_PORT" "$PASSWORD" <<'EOF'
+import imaplib, poplib, smtplib, sys
+imap_port, pop3_port, smtp_port = (int(p) for p in sys.argv[1:4])
+password, login = sys.argv[4], "scanner@contoso.test"
+
+m = imaplib.IMAP4("127.0.0.1", imap_port, timeout=30)
+typ, data = m.login(login, password)
+assert typ == "OK", (typ, data)
+typ, data = m.select("INBOX", readonly=True)
+assert typ == "OK" and int(data[0]) >= 1, (typ, data)
+exists = int(data[0])
+typ, data = m.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+assert typ == "OK" and b"Subject" in data[0][1], (typ, data)
+m.logout()
+print(f"  imap: logged in, INBOX has {exists} messages, fetched one")
+
+m = imaplib.IMAP4("127.0.0.1", imap_port, timeout=30)
+try:
+    m.login(login, password + "-wrong")
+    raise AssertionError("IMAP login with a wrong password succeeded")
+except imaplib.IMAP4.error as e:
+    print(f"  imap: wrong password refused: {e}")
+m.logout()
+
+p = poplib.POP3("127.0.0.1", pop3_port, timeout=30)
+p.user(login)
+p.pass_(password)
+count, size = p.stat()
+assert count >= 1, (count, size)
+p.quit()
+print(f"  pop3: logged in, {count} messages")
+
+s = smtplib.SMTP("127.0.0.1", smtp_port, timeout=30)
+s.ehlo("container-test")
+s.login(login, password)
+refused = s.sendmail(login, ["receiver@contoso.test"],
+                     "From: scanner@contoso.test\r\nTo: receiver@contoso.test\r\n"
+                     "Subject: container test\r\n\r\nsent through the xoauth-proxy container\r\n")
+assert not refused, refused
+s.quit()
+print("  smtp: logged in, message accepted")
+EOF
+logs=$(podman logs "$NAME" 2>&1)
+if grep -q "$PASSWORD" <<< "$logs"; then fail "the local password appears in the container log"; fi
+
+# --- a clean stop --------------------------------------------------------------------------------------
+podman stop -t 20 "$NAME" > "$WORK/stop.log" 2>&1
+code=$(podman inspect --format '{{.State.ExitCode}}' "$NAME")
+[ "$code" = 0 ] || { podman logs --tail 20 "$NAME" >&2; fail "the proxy exited with $code on SIGTERM"; }
+log "stopped cleanly on SIGTERM"
+log "PASSED in $((SECONDS - T0)) s (image $((size / 1000000)) MB)"
