@@ -165,7 +165,7 @@ rm -rf "$pkg_dir"
 if cpack -G DEB -B "$pkg_dir" --config "$BUILD_DIR/CPackConfig.cmake" > "$TMP/cpack.log" 2>&1 \
    && deb=$(ls "$pkg_dir"/xoauth-proxy_*.deb 2>/dev/null) && [ -n "$deb" ]; then
   echo "--- $deb"
-  dpkg-deb --info "$deb" | sed -n '/Package:/,$p'
+  dpkg-deb --field "$deb" | sed 's/^/    /'
   dpkg-deb --contents "$deb" | awk '{print "    " $1, $3, $6}'
   depends=$(dpkg-deb --field "$deb" Depends)
   contents=$(dpkg-deb --contents "$deb" | awk '{print $6}')

@@ -214,7 +214,7 @@ inspect '{{json .Config.Volumes}}' | grep -q '"/var/lib/xoauth-proxy"' || fail "
 for p in 1143 1110 1587 8025; do
   inspect '{{json .Config.ExposedPorts}}' | grep -q "\"$p/tcp\"" || fail "port $p is not EXPOSEd"
 done
-podman run --rm --network none "${HEALTH_OPTS[@]}" --entrypoint bash "$IMAGE" -c '
+podman run --rm --network none --no-healthcheck --entrypoint bash "$IMAGE" -c '
   set -e
   for tool in gcc g++ cc c++ cmake ninja make curl wget; do
     if command -v "$tool" >/dev/null; then echo "build or network tool in the runtime image: $tool" >&2; exit 1; fi
@@ -247,7 +247,7 @@ python3 "$ROOT/tests/testbed/testbed.py" start --dir "$TB_DIR" > "$WORK/testbed.
   || { cat "$WORK/testbed.log" >&2; fail "test bed did not start"; }
 
 PASSWORD="ctest-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
-HASH=$(printf '%s\n' "$PASSWORD" | podman run --rm -i --network none "${HEALTH_OPTS[@]}" "$IMAGE" hash-password)
+HASH=$(printf '%s\n' "$PASSWORD" | podman run --rm -i --network none --no-healthcheck "$IMAGE" hash-password)
 [[ $HASH == '$argon2id$'* ]] || fail "hash-password in the container printed '$HASH'"
 
 rm -rf "$RUN_DIR" && mkdir -p "$RUN_DIR/secrets"
