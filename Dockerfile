@@ -10,6 +10,7 @@
 ARG BASE=debian:bookworm-slim
 
 FROM ${BASE} AS build
+LABEL org.opencontainers.image.title="xoauth-proxy-build"
 # The build packages of scripts/setup.sh (keep the two lists in step).
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
@@ -39,6 +40,8 @@ RUN set -e; \
     cat /out/runtime-packages
 
 FROM ${BASE}
+LABEL org.opencontainers.image.title="xoauth-proxy" \
+      org.opencontainers.image.description="Password logins for IMAP/POP3/SMTP clients to OAuth2 (XOAUTH2) mail servers such as Exchange Online"
 COPY --from=build /out/runtime-packages /tmp/runtime-packages
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
@@ -51,9 +54,6 @@ RUN apt-get update \
     && install -d -m 0755 /etc/xoauth-proxy
 COPY --from=build /out/usr/local/bin/xoauth-proxy /usr/local/bin/xoauth-proxy
 RUN ! ldd /usr/local/bin/xoauth-proxy | grep 'not found' && xoauth-proxy --version
-
-LABEL org.opencontainers.image.title="xoauth-proxy" \
-      org.opencontainers.image.description="Password logins for IMAP/POP3/SMTP clients to OAuth2 (XOAUTH2) mail servers such as Exchange Online"
 
 USER 10001:10001
 ENV XOAUTH_PROXY_CONFIG=/etc/xoauth-proxy/config.toml

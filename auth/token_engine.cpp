@@ -116,6 +116,7 @@ struct token_engine::impl {
     std::string last_error;
     std::optional<wall_clock::time_point> refreshed, authorized;
     steady::time_point last_used{};
+    steady::time_point keepalive_tried{};
     std::uint64_t requests = 0;
     bool unlocking = false;  // a store open with a password is running
     std::unique_ptr<asio::steady_timer> unlocked;  // wakes sessions waiting for the unlock
@@ -537,9 +538,16 @@ struct token_engine::impl {
 
   awaitable<void> sweep_loop() {
     std::mt19937 rng{std::random_device{}()};
+    auto interval = opt.sweep_interval;
+    if (interval.count() == 0)
+      interval = std::clamp<std::chrono::seconds>(cfg.proxy.refresh_ahead / 4,
+                                                  std::chrono::seconds{5},
+                                                  std::chrono::seconds{30});
+    const auto interval_ms =
+        static_cast<int>(std::chrono::duration_cast<std::chrono::milliseconds>(interval).count());
     while (!stopped) {
-      std::uniform_int_distribution<int> jitter_ms(0, 5000);
-      sweeper.expires_after(opt.sweep_interval + std::chrono::milliseconds(jitter_ms(rng)));
+      std::uniform_int_distribution<int> jitter_ms(0, interval_ms / 4);
+      sweeper.expires_after(interval + std::chrono::milliseconds(jitter_ms(rng)));
       co_await sweeper.async_wait(use_nothrow);
       if (stopped) co_return;
       sweep(rng);
@@ -550,7 +558,9 @@ struct token_engine::impl {
   void sweep(std::mt19937& rng) {
     const auto now = steady::now();
     const auto wall = wall_clock::now();
-    std::uniform_int_distribution<int> jitter_s(0, 60);
+    // Jitter spreads the refreshes of many accounts authorized at the same moment.
+    const int max_jitter = static_cast<int>(cfg.proxy.refresh_ahead.count() / 5);
+    std::uniform_int_distribution<int> jitter_s(0, std::max(max_jitter, 0));
     for (auto& [key, gp] : grants) {
       auto& g = *gp;
       if (!g.have_grant || g.state != "authorized" || (!g.file_key && !g.pw_key)) continue;
@@ -559,11 +569,25 @@ struct token_engine::impl {
       // In use lately: keep a fresh access token ready so no login waits for a refresh.
       const bool in_use = g.last_used != steady::time_point{} &&
                           now - g.last_used < std::chrono::hours{2};
-      const auto ahead = cfg.proxy.refresh_ahead + std::chrono::seconds{jitter_s(rng)};
+      auto ahead = std::chrono::duration_cast<steady::duration>(cfg.proxy.refresh_ahead +
+                                                                 std::chrono::seconds{jitter_s(rng)});
+      // Never refresh a token in the first half of its life (short-lived tokens would
+      // otherwise be refreshed at every sweep).
+      if (cached && g.refreshed) {
+        const auto lifetime = std::chrono::duration_cast<steady::duration>(
+            cached->expires_wall - *g.refreshed);
+        ahead = std::min(ahead, lifetime / 2);
+      }
       const bool expiring = !cached || cached->expires_at - now < ahead;
       // Idle: refresh now and then so the grant never reaches the inactivity limit.
-      const bool stale = !g.refreshed || wall - *g.refreshed > cfg.proxy.token_keepalive;
-      if ((in_use && expiring) || stale) {
+      // A failing grant is left to the logins (the token cache holds failures back); the
+      // keep-alive tries at most once an hour.
+      const bool stale = (!g.refreshed || wall - *g.refreshed > cfg.proxy.token_keepalive) &&
+                         (g.keepalive_tried == steady::time_point{} ||
+                          now - g.keepalive_tried > std::chrono::hours{1});
+      const bool proactive = in_use && expiring && g.last_error.empty();
+      if (stale) g.keepalive_tried = now;
+      if (proactive || stale) {
         log()->debug("account={:?}: {} refresh", g.login, stale ? "keep-alive" : "proactive");
         tokens.prefetch(g.cache_key, *g.source);
       }

@@ -91,7 +91,8 @@ struct callback_outcome {
 class token_engine {
  public:
   struct options {
-    std::chrono::seconds sweep_interval{30};  // how often the sweeper looks (tests lower it)
+    // How often the sweeper looks; 0 = a quarter of [proxy] refresh_ahead, between 5 and 30 s.
+    std::chrono::seconds sweep_interval{0};
   };
 
   // `cfg` must outlive the engine. Throws std::runtime_error with a clear message when a

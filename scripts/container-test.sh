@@ -185,7 +185,6 @@ if ! probe=$(podman run --rm --network none "$BASE_IMAGE" true 2>&1); then
 fi
 
 # --- build the image -------------------------------------------------------------------------------
-old_ids=$(podman image inspect --format '{{.Id}}' "$IMAGE" "$BUILD_IMAGE" 2>/dev/null || true)
 build_args=(--pull=never --format docker --build-arg "BASE=$BASE_IMAGE" --build-arg "JOBS=$JOBS"
             -f "$ROOT/Dockerfile")
 log "podman build (the build stage compiles xoauth-proxy with -j$JOBS: several minutes when the sources changed)"
@@ -196,10 +195,10 @@ if ! podman build "${build_args[@]}" --target build -t "$BUILD_IMAGE" "$ROOT" > 
   fail "podman build failed (log: $WORK/build.log)"
 fi
 log "image built in $((SECONDS - t)) s (log: $WORK/build.log)"
-for id in $old_ids; do   # what the rebuild replaced (kept when still in use)
-  if ! podman image inspect --format '{{.Id}}' "$IMAGE" "$BUILD_IMAGE" | grep -qx "$id"; then
-    podman rmi "$id" > /dev/null 2>&1 || true
-  fi
+# Drop what earlier builds of this Dockerfile left behind: untagged images carrying its labels
+# (the current images and their layers stay; other images are not touched).
+for title in xoauth-proxy xoauth-proxy-build; do
+  podman image prune -f --filter "label=org.opencontainers.image.title=$title" > /dev/null 2>&1 || true
 done
 
 # --- the image's metadata and contents ---------------------------------------------------------------

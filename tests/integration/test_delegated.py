@@ -710,6 +710,34 @@ class E_Refresh(DelegatedCase):
         self.assertEqual(acct["state"], "authorized", acct)
         self.assertTrue(acct.get("access_expires"), acct)
 
+    def test_proactive_refresh_ahead_of_expiry(self):
+        """An account in use gets a new access token before the old one expires, with no login
+        waiting for it: the sweeper refreshes once less than refresh_ahead (capped at half the
+        token's life) is left."""
+        px, idx = self.setup_proxy(ALICE, kinds=("imap",), refresh_ahead=30)
+        harness.mock_settings(token_lifetime=40)
+        self.authorize_code_via_api(px, ALICE)
+        imap = px.ports[idx["imap"]]
+        self.assert_imap_ok(imap, ALICE, LOCAL[ALICE])  # the account is in use
+        first = self.state(px, ALICE)["access_expires_unix"]
+        harness.mock_reset("stats")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if harness.grant_count(harness.mock_stats(), REFRESH, "successes") >= 1:
+                break
+            time.sleep(0.5)
+        harness.mock_settings(token_lifetime=3599)
+        st = harness.mock_stats()
+        self.assertGreaterEqual(harness.grant_count(st, REFRESH, "successes"), 1,
+                                f"no refresh ahead of expiry: {st['grants']}")
+        # It happened before the first token expired, and without a login.
+        self.assertLess(time.time(), first, "the refresh came only after the token had expired")
+        self.assertGreater(self.state(px, ALICE)["access_expires_unix"], first)
+        before = harness.grant_count(harness.mock_stats(), REFRESH)
+        self.assert_imap_ok(imap, ALICE, LOCAL[ALICE])
+        self.assertEqual(harness.grant_count(harness.mock_stats(), REFRESH), before,
+                         "the login waited for a refresh although a fresh token was ready")
+
     def test_token_expired_at_the_idp_early(self):
         """The identity platform ends a token before its expires_in (mock /_admin/expire): the proxy
         cannot know in advance; after the upstream refuses it, the next login refreshes."""
