@@ -64,6 +64,49 @@ for tool in podman runc debootstrap; do
   command -v "$tool" >/dev/null || fail "$tool is not installed (scripts/setup.sh installs it)"
 done
 mkdir -p "$WORK" "$RUN_DIR"
+# The clients, used against the image and against the .deb under systemd.
+cat > "$WORK/clients.py" <<'EOF'
+import imaplib, poplib, smtplib, sys
+imap_port, pop3_port, smtp_port = (int(p) for p in sys.argv[1:4])
+password, login = sys.argv[4], "scanner@contoso.test"
+
+m = imaplib.IMAP4("127.0.0.1", imap_port, timeout=30)
+typ, data = m.login(login, password)
+assert typ == "OK", (typ, data)
+typ, data = m.select("INBOX", readonly=True)
+assert typ == "OK" and int(data[0]) >= 1, (typ, data)
+exists = int(data[0])
+typ, data = m.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+assert typ == "OK" and b"Subject" in data[0][1], (typ, data)
+m.logout()
+print(f"  imap: logged in, INBOX has {exists} messages, fetched one")
+
+m = imaplib.IMAP4("127.0.0.1", imap_port, timeout=30)
+try:
+    m.login(login, password + "-wrong")
+    raise AssertionError("IMAP login with a wrong password succeeded")
+except imaplib.IMAP4.error as e:
+    print(f"  imap: wrong password refused: {e}")
+m.logout()
+
+p = poplib.POP3("127.0.0.1", pop3_port, timeout=30)
+p.user(login)
+p.pass_(password)
+count, size = p.stat()
+assert count >= 1, (count, size)
+p.quit()
+print(f"  pop3: logged in, {count} messages")
+
+s = smtplib.SMTP("127.0.0.1", smtp_port, timeout=30)
+s.ehlo("container-test")
+s.login(login, password)
+refused = s.sendmail(login, ["receiver@contoso.test"],
+                     "From: scanner@contoso.test\r\nTo: receiver@contoso.test\r\n"
+                     "Subject: container test\r\n\r\nsent through the xoauth-proxy container\r\n")
+assert not refused, refused
+s.quit()
+print("  smtp: logged in, message accepted")
+EOF
 
 # --- podman settings: runc, ulimits this machine allows, no systemd needed ------------------------
 hard_nofile=$(ulimit -Hn); [ "$hard_nofile" = unlimited ] && hard_nofile=1048576
@@ -363,48 +406,8 @@ podman exec "$NAME" bash -c 'set -e; cd /var/lib/xoauth-proxy; [ "$(stat -c %u:%
 
 # --- real clients through the proxy ------------------------------------------------------------------
 log "IMAP, POP3 and SMTP logins through the container"
-"$SYS_PYTHON" - "$IMAP_PORT" "$POP3_PORT" "$SMTP_PORT" "$PASSWORD" <<'EOF'
-import imaplib, poplib, smtplib, sys
-imap_port, pop3_port, smtp_port = (int(p) for p in sys.argv[1:4])
-password, login = sys.argv[4], "scanner@contoso.test"
-
-m = imaplib.IMAP4("127.0.0.1", imap_port, timeout=30)
-typ, data = m.login(login, password)
-assert typ == "OK", (typ, data)
-typ, data = m.select("INBOX", readonly=True)
-assert typ == "OK" and int(data[0]) >= 1, (typ, data)
-exists = int(data[0])
-typ, data = m.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
-assert typ == "OK" and b"Subject" in data[0][1], (typ, data)
-m.logout()
-print(f"  imap: logged in, INBOX has {exists} messages, fetched one")
-
-m = imaplib.IMAP4("127.0.0.1", imap_port, timeout=30)
-try:
-    m.login(login, password + "-wrong")
-    raise AssertionError("IMAP login with a wrong password succeeded")
-except imaplib.IMAP4.error as e:
-    print(f"  imap: wrong password refused: {e}")
-m.logout()
-
-p = poplib.POP3("127.0.0.1", pop3_port, timeout=30)
-p.user(login)
-p.pass_(password)
-count, size = p.stat()
-assert count >= 1, (count, size)
-p.quit()
-print(f"  pop3: logged in, {count} messages")
-
-s = smtplib.SMTP("127.0.0.1", smtp_port, timeout=30)
-s.ehlo("container-test")
-s.login(login, password)
-refused = s.sendmail(login, ["receiver@contoso.test"],
-                     "From: scanner@contoso.test\r\nTo: receiver@contoso.test\r\n"
-                     "Subject: container test\r\n\r\nsent through the xoauth-proxy container\r\n")
-assert not refused, refused
-s.quit()
-print("  smtp: logged in, message accepted")
-EOF
+"$SYS_PYTHON" "$WORK/clients.py" "$IMAP_PORT" "$POP3_PORT" "$SMTP_PORT" "$PASSWORD" \
+  || { podman logs --tail 30 "$NAME" >&2; fail "logins through the container"; }
 logs=$(podman logs "$NAME" 2>&1)
 if grep -q "$PASSWORD" <<< "$logs"; then fail "the local password appears in the container log"; fi
 

@@ -27,6 +27,7 @@ import os
 import re
 import shutil
 import stat
+import subprocess
 import sys
 import tempfile
 import threading
@@ -984,6 +985,81 @@ class G_Revoked(DelegatedCase):
         self.assertFalse([r for r in replies if r.startswith("OK")], replies)
         self.assert_imap_contact_admin(replies[-1])
         self.assertEqual(self.state(px, RECEIVER)["state"], "needs_authorization")
+
+
+# --------------------------------------------------------------------------------------------------------
+class I_Certificate(DelegatedCase):
+    """A certificate credential instead of a secret (RS256 client assertion with x5t#S256), for
+    app-only access and for redeeming an authorization code; a certificate the app does not know is
+    a configuration fault (contact admin), never a retry loop."""
+
+    CERT_CLIENT_ID = "5b0c2f6e-7d1a-4e8b-9c3f-2a1d0e4b6c8d"
+
+    @staticmethod
+    def make_cert(workdir: str, name: str) -> tuple[str, str]:
+        key, cert = os.path.join(workdir, f"{name}.key"), os.path.join(workdir, f"{name}.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
+                        "-days", "2", "-subj", f"/CN=xoauth-proxy test {name}"],
+                       check=True, capture_output=True, timeout=60)
+        os.chmod(key, 0o600)
+        return cert, key
+
+    def register(self, cert_pem: str):
+        harness.ensure_delegated_clients()
+        with open(cert_pem, encoding="ascii") as f:
+            pem = f.read()
+        harness.mock_register_client(
+            client_id=self.CERT_CLIENT_ID, client_secret="", name="xoauth-proxy certificate app",
+            certificates=[pem], public_client=False,
+            redirect_uris=list(harness.CALLBACK_URIS), roles=["IMAP.AccessAsApp", "POP.AccessAsApp", "SMTP.SendAsApp"],
+            delegated_permissions=list(harness.EXO_DELEGATED_SCOPES))
+
+    def provider(self, cert: str, key: str) -> dict:
+        tb = harness.testbed_info()
+        return {"name": "cert", "tenant": tb["tenant"], "client_id": self.CERT_CLIENT_ID,
+                "authority": tb["authority"], "ca_file": tb["ca_file"], "certificate_file": cert,
+                "private_key_file": key}
+
+    def test_app_only_and_code_flow_with_a_certificate(self):
+        wd = self.new_workdir(self)
+        cert, key = self.make_cert(wd, "app")
+        self.register(cert)
+        accounts = [harness.account(SCANNER, LOCAL[SCANNER], "cert", flow="client_credentials"),
+                    harness.delegated_account(ALICE, "authorization_code", "cert", LOCAL[ALICE])]
+        cfg, idx = self.write(wd, accounts, [self.provider(cert, key)], kinds=("imap",))
+        px = self.proxy(cfg, 1)
+        harness.mock_reset("stats")
+        self.assert_imap_ok(px.ports[idx["imap"]], SCANNER, LOCAL[SCANNER])
+        self.authorize_code_via_api(px, ALICE)
+        self.assert_imap_ok(px.ports[idx["imap"]], ALICE, LOCAL[ALICE])
+        st = harness.mock_stats()
+        self.assertEqual(harness.grant_count(st, "client_credentials", "successes"), 1, st["grants"])
+        self.assertEqual(harness.grant_count(st, CODE, "successes"), 1, st["grants"])
+        self.assertNotIn("BEGIN", px.log(), "key or certificate material in the log")
+
+    def test_unknown_certificate_is_a_configuration_fault(self):
+        wd = self.new_workdir(self)
+        registered, _ = self.make_cert(wd, "registered")
+        cert, key = self.make_cert(wd, "other")
+        self.register(registered)
+        accounts = [harness.account(SCANNER, LOCAL[SCANNER], "cert", flow="client_credentials")]
+        cfg, idx = self.write(wd, accounts, [self.provider(cert, key)], kinds=("imap",))
+        px = self.proxy(cfg, 1)
+        resp = self.imap_login(px.ports[idx["imap"]], SCANNER, LOCAL[SCANNER])
+        self.assertIn("CONTACTADMIN", resp)
+        self.assertIn("700027", px.log())  # the AADSTS code an admin can look up
+
+    def test_check_rejects_a_key_that_does_not_match(self):
+        wd = self.new_workdir(self)
+        cert, _ = self.make_cert(wd, "a")
+        _, key = self.make_cert(wd, "b")
+        accounts = [harness.account(SCANNER, LOCAL[SCANNER], "cert", flow="client_credentials")]
+        cfg, _ = self.write(wd, accounts, [self.provider(cert, key)], kinds=("imap",))
+        r = subprocess.run([harness.proxy_bin(), "check", "--config", cfg], capture_output=True, text=True,
+                           timeout=60)
+        self.assertEqual(r.returncode, 1, r.stdout + r.stderr)
+        self.assertIn("provider cert:", r.stdout)
+        self.assertNotIn("BEGIN", r.stdout + r.stderr)
 
 
 # --------------------------------------------------------------------------------------------------------
