@@ -88,7 +88,7 @@ int cmd_run(const std::string& path) {
   for (const auto& w : r.warnings) xo::logger("config")->warn("{}", w.to_string());
   xo::logger("proxy")->info("xoauth-proxy {} starting with {}", XOAUTH_VERSION, path);
   try {
-    return xo::proxy::run_server(cfg);
+    return xo::proxy::run_server(std::move(r.cfg));
   } catch (const std::exception& e) {
     xo::logger("proxy")->critical("cannot start: {}", e.what());
     return 1;

@@ -1,5 +1,7 @@
 // argon2id costs tens of milliseconds of CPU and 19 MiB: it runs on a small pool, never on the
 // I/O thread. Only successes are cached, so a wrong password always pays the full price.
+// Digests of passwords are only ever compared with CRYPTO_memcmp: the cache and the single-flight
+// table are looked up by the stored hash (not secret), then the digest is compared.
 #include "auth/credential_checker.hpp"
 
 #include "auth/password_hash.hpp"
@@ -17,6 +19,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <unordered_map>
+#include <vector>
 
 namespace xo::auth {
 
@@ -38,8 +41,8 @@ struct credential_checker::impl {
   }
 
   std::string digest(const std::string& encoded_hash, const secret& password) const;
-  bool cached(const std::string& key);
-  void remember(std::string key);
+  bool cached(const std::string& encoded_hash, const std::string& key);
+  void remember(const std::string& encoded_hash, std::string key);
   const std::string& dummy_hash();
   // Runs on the pool. Parameters by value: the coroutine outlives the caller's expressions.
   static awaitable<bool> slow_verify(impl* self, std::string encoded_hash, secret password);
@@ -51,7 +54,11 @@ struct credential_checker::impl {
   std::atomic<std::uint64_t> slow{0};
 
   std::mutex mu;  // the cache, in case callers run on several I/O threads
-  std::unordered_map<std::string, std::chrono::steady_clock::time_point> cache;  // digest → expiry
+  struct cached_entry {
+    std::string digest;  // of the verified (hash, password)
+    std::chrono::steady_clock::time_point expiry;
+  };
+  std::unordered_map<std::string, cached_entry> cache;  // by encoded hash: one password verifies
 
   std::once_flag dummy_once;
   std::string dummy;
@@ -59,14 +66,18 @@ struct credential_checker::impl {
   // Single flight: concurrent checks of the same (hash, password) share one argon2 run.
   // Touched on the callers' (I/O) executor only.
   struct inflight {
-    explicit inflight(asio::any_io_executor ex) : done(std::move(ex)) {
+    inflight(asio::any_io_executor ex, std::string d) : digest(std::move(d)), done(std::move(ex)) {
       done.expires_at(std::chrono::steady_clock::time_point::max());
     }
+    std::string digest;
     asio::steady_timer done;  // cancelled when the result is known
     bool finished = false;
     bool result = false;
   };
-  std::unordered_map<std::string, std::shared_ptr<inflight>> running;
+  using flights = std::vector<std::shared_ptr<inflight>>;
+  std::unordered_map<std::string, flights> running;  // by encoded hash
+  std::shared_ptr<inflight> find_running(const std::string& encoded_hash, const std::string& key);
+  void finish_running(const std::string& encoded_hash, const std::shared_ptr<inflight>& f);
 
   asio::thread_pool pool;  // last: joined (in ~impl) before the members its work uses go away
 };
@@ -89,29 +100,56 @@ std::string credential_checker::impl::digest(const std::string& encoded_hash,
   return std::string(reinterpret_cast<const char*>(md), len);
 }
 
-bool credential_checker::impl::cached(const std::string& key) {
-  std::lock_guard lock{mu};
-  auto it = cache.find(key);
-  if (it == cache.end()) return false;
-  if (it->second > now()) return true;
-  cache.erase(it);
-  return false;
+namespace {
+
+bool same_digest(const std::string& a, const std::string& b) {
+  return a.size() == b.size() && CRYPTO_memcmp(a.data(), b.data(), a.size()) == 0;
 }
 
-void credential_checker::impl::remember(std::string key) {
+}  // namespace
+
+bool credential_checker::impl::cached(const std::string& encoded_hash, const std::string& key) {
+  std::lock_guard lock{mu};
+  auto it = cache.find(encoded_hash);
+  if (it == cache.end()) return false;
+  if (it->second.expiry <= now()) {
+    cache.erase(it);
+    return false;
+  }
+  return same_digest(it->second.digest, key);
+}
+
+void credential_checker::impl::remember(const std::string& encoded_hash, std::string key) {
   std::lock_guard lock{mu};
   const auto t = now();
-  if (cache.size() >= max_cached) {
-    std::erase_if(cache, [t](const auto& kv) { return kv.second <= t; });
+  if (cache.size() >= max_cached && !cache.contains(encoded_hash)) {
+    std::erase_if(cache, [t](const auto& kv) { return kv.second.expiry <= t; });
     // Still full of live entries: drop the one closest to expiry (the oldest).
     if (cache.size() >= max_cached) {
       auto oldest = std::min_element(cache.begin(), cache.end(), [](const auto& a, const auto& b) {
-        return a.second < b.second;
+        return a.second.expiry < b.second.expiry;
       });
       cache.erase(oldest);
     }
   }
-  cache[std::move(key)] = t + ttl;
+  cache[encoded_hash] = cached_entry{std::move(key), t + ttl};
+}
+
+std::shared_ptr<credential_checker::impl::inflight> credential_checker::impl::find_running(
+    const std::string& encoded_hash, const std::string& key) {
+  auto it = running.find(encoded_hash);
+  if (it == running.end()) return nullptr;
+  for (const auto& f : it->second)
+    if (same_digest(f->digest, key)) return f;
+  return nullptr;
+}
+
+void credential_checker::impl::finish_running(const std::string& encoded_hash,
+                                              const std::shared_ptr<inflight>& f) {
+  auto it = running.find(encoded_hash);
+  if (it == running.end()) return;
+  std::erase(it->second, f);
+  if (it->second.empty()) running.erase(it);
 }
 
 // Same parameters as real hashes, so an unknown login costs what a wrong password costs.
@@ -141,9 +179,9 @@ awaitable<bool> credential_checker::verify(std::string encoded_hash, secret pass
   std::shared_ptr<impl::inflight> flight;
   if (!encoded_hash.empty()) {
     key = impl_->digest(encoded_hash, password);
-    if (impl_->cached(key)) co_return true;
-    if (auto it = impl_->running.find(key); it != impl_->running.end()) {
-      auto f = it->second;  // keeps the state alive after the leader erased it
+    if (impl_->cached(encoded_hash, key)) co_return true;
+    // f keeps the shared state alive after the leader removed it from the table.
+    if (auto f = impl_->find_running(encoded_hash, key)) {
       while (!f->finished) {
         co_await f->done.async_wait(use_nothrow);
         auto cs = co_await asio::this_coro::cancellation_state;
@@ -151,12 +189,12 @@ awaitable<bool> credential_checker::verify(std::string encoded_hash, secret pass
       }
       co_return f->result;
     }
-    flight = std::make_shared<impl::inflight>(co_await asio::this_coro::executor);
-    impl_->running.emplace(key, flight);
+    flight = std::make_shared<impl::inflight>(co_await asio::this_coro::executor, key);
+    impl_->running[encoded_hash].push_back(flight);
   }
   struct finish {
     impl* self;
-    const std::string& key;
+    const std::string& encoded_hash;
     std::shared_ptr<impl::inflight>& flight;
     bool ok = false;
     ~finish() {
@@ -164,16 +202,16 @@ awaitable<bool> credential_checker::verify(std::string encoded_hash, secret pass
       flight->finished = true;
       flight->result = ok;
       flight->done.cancel();
-      self->running.erase(key);
+      self->finish_running(encoded_hash, flight);
     }
-  } fin{impl_.get(), key, flight};
+  } fin{impl_.get(), encoded_hash, flight};
   // co_spawn on the pool, awaited with use_awaitable: the completion comes back on this
   // coroutine's executor, so the caller never continues on a pool thread.
   const bool ok = co_await asio::co_spawn(
       impl_->pool.get_executor(), impl::slow_verify(impl_.get(), encoded_hash, std::move(password)),
       asio::use_awaitable);
   fin.ok = ok;
-  if (ok) impl_->remember(key);
+  if (ok) impl_->remember(encoded_hash, std::move(key));
   co_return ok;
 }
 

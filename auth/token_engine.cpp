@@ -133,7 +133,7 @@ struct token_engine::impl {
 
   impl(asio::any_io_executor e, const config::config& c, options o)
       : ex(std::move(e)),
-        cfg(c),
+        config_(&c),
         opt(o),
         tokens(ex, token_cache::options{c.proxy.refresh_ahead, std::chrono::seconds{5},
                                         std::chrono::seconds{60}}),
@@ -142,25 +142,14 @@ struct token_engine::impl {
         worker(1) {
     if (RAND_bytes(digest_key, sizeof digest_key) != 1)
       throw std::runtime_error("no randomness available");
-    if (!cfg.proxy.token_key_file.empty()) {
+    if (!c.proxy.token_key_file.empty()) {
       std::string why;
-      key_file = token_store::read_key_file(cfg.proxy.token_key_file, why);
+      key_file = token_store::read_key_file(c.proxy.token_key_file, why);
       if (!key_file) throw std::runtime_error("token_key_file: " + why);
     }
-    for (const auto& p : cfg.providers) {
-      auto ctx = std::make_unique<provider_ctx>();
-      ctx->cfg = &p;
-      ctx->http = std::make_unique<https_client>(ex, p.ca_file, cfg.proxy.token_timeout);
-      try {
-        ctx->client = std::make_unique<client_auth>(p);
-      } catch (const std::exception& err) {
-        throw std::runtime_error(fmt::format("provider '{}': {}", p.name, err.what()));
-      }
-      ctx->app_source = std::make_unique<client_credentials>(p, *ctx->http, *ctx->client);
-      providers.emplace(p.name, std::move(ctx));
-    }
+    providers = make_providers(c);
     // Interactive accounts have exactly one grant each, known from the config.
-    for (const auto& a : cfg.accounts) {
+    for (const auto& a : c.accounts) {
       if (!a.interactive()) continue;
       grant_of(a, a.login);
     }
@@ -172,6 +161,47 @@ struct token_engine::impl {
   }
 
   // ---- helpers ----
+
+  // Same app registration: a refresh token stays redeemable.
+  static bool same_client(const config::provider& a, const config::provider& b) {
+    return a.client_id == b.client_id && iequals(a.tenant, b.tenant) && a.authority == b.authority;
+  }
+  // Same app and same request: an app-only token stays what a new request would return.
+  static bool same_app_request(const config::provider& a, const config::provider& b) {
+    return same_client(a, b) && a.scopes == b.scopes && a.client_secret.reveal() == b.client_secret.reveal() &&
+           a.certificate_file == b.certificate_file && a.private_key_file == b.private_key_file;
+  }
+
+  void load_from_store(grant_state& g) {
+    if (g.file_key) {
+      auto r = store.load(g.login, *g.file_key);
+      if (r.grant) {
+        adopt(g, std::move(*r.grant));
+        log()->info("account={:?}: stored grant loaded (state {})", g.login, g.state);
+      } else if (r.error != store_errc::not_found) {
+        report_load_error(g, r);
+      }
+    } else if (store.exists(g.login)) {
+      g.state = "locked";
+    }
+  }
+
+  std::map<std::string, std::unique_ptr<provider_ctx>> make_providers(const config::config& c) {
+    std::map<std::string, std::unique_ptr<provider_ctx>> out;
+    for (const auto& p : c.providers) {
+      auto ctx = std::make_unique<provider_ctx>();
+      ctx->cfg = &p;
+      ctx->http = std::make_unique<https_client>(ex, p.ca_file, c.proxy.token_timeout);
+      try {
+        ctx->client = std::make_unique<client_auth>(p);
+      } catch (const std::exception& err) {
+        throw std::runtime_error(fmt::format("provider '{}': {}", p.name, err.what()));
+      }
+      ctx->app_source = std::make_unique<client_credentials>(p, *ctx->http, *ctx->client);
+      out.emplace(p.name, std::move(ctx));
+    }
+    return out;
+  }
 
   grant_state& grant_of(const config::account& a, const std::string& login) {
     std::string key = a.interactive() ? lower(a.login) : "ropc:" + lower(login);
@@ -444,7 +474,9 @@ struct token_engine::impl {
 
   awaitable<token_result> ropc(grant_state& g, std::string login, secret password) {
     const std::string digest = digest_of(password);
-    if (!g.pw_digest.empty() && g.pw_digest == digest && g.have_grant &&
+    const bool same_password = g.pw_digest.size() == digest.size() &&
+                               CRYPTO_memcmp(g.pw_digest.data(), digest.data(), digest.size()) == 0;
+    if (!g.pw_digest.empty() && same_password && g.have_grant &&
         g.state == "authorized") {
       auto r = co_await tokens.get(g.cache_key, *g.source);
       if (r.ok() || r.error.kind == failure_kind::transient) co_return r;
@@ -540,7 +572,7 @@ struct token_engine::impl {
     std::mt19937 rng{std::random_device{}()};
     auto interval = opt.sweep_interval;
     if (interval.count() == 0)
-      interval = std::clamp<std::chrono::seconds>(cfg.proxy.refresh_ahead / 4,
+      interval = std::clamp<std::chrono::seconds>(cfg().proxy.refresh_ahead / 4,
                                                   std::chrono::seconds{5},
                                                   std::chrono::seconds{30});
     const auto interval_ms =
@@ -559,7 +591,7 @@ struct token_engine::impl {
     const auto now = steady::now();
     const auto wall = wall_clock::now();
     // Jitter spreads the refreshes of many accounts authorized at the same moment.
-    const int max_jitter = static_cast<int>(cfg.proxy.refresh_ahead.count() / 5);
+    const int max_jitter = static_cast<int>(cfg().proxy.refresh_ahead.count() / 5);
     std::uniform_int_distribution<int> jitter_s(0, std::max(max_jitter, 0));
     for (auto& [key, gp] : grants) {
       auto& g = *gp;
@@ -569,7 +601,7 @@ struct token_engine::impl {
       // In use lately: keep a fresh access token ready so no login waits for a refresh.
       const bool in_use = g.last_used != steady::time_point{} &&
                           now - g.last_used < std::chrono::hours{2};
-      auto ahead = std::chrono::duration_cast<steady::duration>(cfg.proxy.refresh_ahead +
+      auto ahead = std::chrono::duration_cast<steady::duration>(cfg().proxy.refresh_ahead +
                                                                  std::chrono::seconds{jitter_s(rng)});
       // Never refresh a token in the first half of its life (short-lived tokens would
       // otherwise be refreshed at every sweep).
@@ -582,7 +614,7 @@ struct token_engine::impl {
       // Idle: refresh now and then so the grant never reaches the inactivity limit.
       // A failing grant is left to the logins (the token cache holds failures back); the
       // keep-alive tries at most once an hour.
-      const bool stale = (!g.refreshed || wall - *g.refreshed > cfg.proxy.token_keepalive) &&
+      const bool stale = (!g.refreshed || wall - *g.refreshed > cfg().proxy.token_keepalive) &&
                          (g.keepalive_tried == steady::time_point{} ||
                           now - g.keepalive_tried > std::chrono::hours{1});
       const bool proactive = in_use && expiring && g.last_error.empty();
@@ -626,13 +658,17 @@ struct token_engine::impl {
   }
 
   asio::any_io_executor ex;
-  const config::config& cfg;
+  const config::config* config_;  // the current configuration (replaced by reconfigure())
+  const config::config& cfg() const { return *config_; }
   options opt;
   token_cache tokens;
   token_store store;
   std::optional<secret> key_file;
   std::map<std::string, std::unique_ptr<provider_ctx>> providers;
   std::map<std::string, std::unique_ptr<grant_state>> grants;
+  // Replaced by a reload while requests may still refer to them: kept until the engine ends.
+  std::vector<std::unique_ptr<provider_ctx>> retired_providers;
+  std::vector<std::unique_ptr<grant_state>> retired_grants;
   std::map<std::string, pending_code> pending_codes;  // by OAuth state
   std::map<std::string, std::uint64_t> requests_by_grant;
   std::vector<std::function<void(const account_status&)>> listeners;
@@ -660,20 +696,7 @@ void token_engine::start() {
   if (e.started) return;
   e.started = true;
   // Key-file entries open now (a few small files: read on this thread before serving).
-  for (auto& [key, gp] : e.grants) {
-    auto& g = *gp;
-    if (g.file_key) {
-      auto r = e.store.load(g.login, *g.file_key);
-      if (r.grant) {
-        e.adopt(g, std::move(*r.grant));
-        log()->info("account={:?}: stored grant loaded (state {})", g.login, g.state);
-      } else if (r.error != store_errc::not_found) {
-        e.report_load_error(g, r);
-      }
-    } else if (e.store.exists(g.login)) {
-      g.state = "locked";
-    }
-  }
+  for (auto& [key, gp] : e.grants) e.load_from_store(*gp);
   asio::co_spawn(e.ex, e.sweep_loop(), asio::detached);
 }
 
@@ -684,10 +707,60 @@ void token_engine::stop() {
   // Device-code polls notice `stopped` after their current sleep.
 }
 
+std::string token_engine::reconfigure(const config::config& next) {
+  auto& e = *impl_;
+  const auto& now_px = e.cfg().proxy;
+  if (next.proxy.state_dir != now_px.state_dir)
+    return "state_dir changed: restart the proxy to use another state directory";
+  if (next.proxy.token_key_file != now_px.token_key_file)
+    return "token_key_file changed: restart the proxy to use another token key";
+  std::map<std::string, std::unique_ptr<impl::provider_ctx>> fresh;
+  try {
+    fresh = e.make_providers(next);
+  } catch (const std::exception& err) {
+    return err.what();
+  }
+  for (auto& [name, old] : e.providers) {
+    auto it = fresh.find(name);
+    if (it == fresh.end() || !impl::same_app_request(*old->cfg, *it->second->cfg))
+      e.tokens.invalidate("provider:" + name);
+  }
+  std::size_t kept = 0, dropped = 0;
+  for (auto it = e.grants.begin(); it != e.grants.end();) {
+    auto& g = *it->second;
+    const config::account* a = next.find_account(g.login);
+    auto pit = a ? fresh.find(a->provider) : fresh.end();
+    const bool keep = a && a->flow == g.acct->flow && a->provider == g.acct->provider &&
+                      (!a->interactive() || iequals(a->login, g.login)) && pit != fresh.end() &&
+                      impl::same_client(*g.prov->cfg, *pit->second->cfg);
+    if (keep) {
+      g.acct = a;
+      g.prov = pit->second.get();
+      ++kept;
+      ++it;
+      continue;
+    }
+    // In-flight requests still refer to it: retired, not destroyed.
+    e.tokens.invalidate(g.cache_key);
+    e.retired_grants.push_back(std::move(it->second));
+    it = e.grants.erase(it);
+    ++dropped;
+  }
+  for (auto& [name, p] : e.providers) e.retired_providers.push_back(std::move(p));
+  e.providers = std::move(fresh);
+  e.config_ = &next;
+  for (const auto& a : next.accounts) {
+    if (!a.interactive() || e.grants.count(lower(a.login))) continue;
+    e.load_from_store(e.grant_of(a, a.login));
+  }
+  log()->info("token engine reconfigured: {} grant(s) kept, {} dropped", kept, dropped);
+  return "";
+}
+
 void token_engine::set_admin_port(std::uint16_t port) { impl_->admin_port = port; }
 
 std::string token_engine::redirect_uri() const {
-  const auto& p = impl_->cfg.proxy;
+  const auto& p = impl_->cfg().proxy;
   std::string base = p.public_base_url;
   if (base.empty()) {
     std::uint16_t port = impl_->admin_port;
@@ -742,7 +815,7 @@ void token_engine::token_rejected(const config::account& a, const std::string& l
 awaitable<authorization_start> token_engine::begin_authorization(std::string login, bool device) {
   auto& e = *impl_;
   authorization_start out;
-  const config::account* a = e.cfg.find_account(login);
+  const config::account* a = e.cfg().find_account(login);
   if (!a || a->is_wildcard() || !iequals(a->login, login)) {
     out.error = fmt::format("no [[account]] has login '{}'", login);
     co_return out;
@@ -808,7 +881,15 @@ awaitable<callback_outcome> token_engine::complete_authorization(
   callback_outcome out;
   e.purge_pending();
   auto st = query.find("state");
-  auto it = st == query.end() ? e.pending_codes.end() : e.pending_codes.find(st->second);
+  // The state is a secret: compared in constant time, every pending entry looked at.
+  auto it = e.pending_codes.end();
+  if (st != query.end()) {
+    for (auto p = e.pending_codes.begin(); p != e.pending_codes.end(); ++p) {
+      if (p->first.size() == st->second.size() &&
+          CRYPTO_memcmp(p->first.data(), st->second.data(), st->second.size()) == 0)
+        it = p;
+    }
+  }
   if (it == e.pending_codes.end()) {
     out.http_status = 400;
     out.message =
@@ -819,7 +900,7 @@ awaitable<callback_outcome> token_engine::complete_authorization(
   impl::pending_code pend = std::move(it->second);
   e.pending_codes.erase(it);  // one use: a reloaded callback page cannot redeem the code twice
   out.account = pend.login;
-  const config::account* a = e.cfg.find_account(pend.login);
+  const config::account* a = e.cfg().find_account(pend.login);
   if (!a) {
     out.http_status = 400;
     out.message = "The account is no longer in the configuration.";
@@ -872,7 +953,7 @@ awaitable<callback_outcome> token_engine::complete_authorization(
 std::vector<account_status> token_engine::status() const {
   const auto& e = *impl_;
   std::vector<account_status> out;
-  for (const auto& a : e.cfg.accounts) {
+  for (const auto& a : e.cfg().accounts) {
     if (a.flow == config::flow_kind::client_credentials) {
       account_status s;
       s.login = a.login;

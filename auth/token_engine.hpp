@@ -107,6 +107,14 @@ class token_engine {
   // Stops the sweeper and pending device-code polls (shutdown).
   void stop();
 
+  // Adopts a reloaded configuration (SIGHUP). Accounts that still exist with the same flow and
+  // the same app (client id, tenant, authority) keep their tokens, grants, keys and pending
+  // sign-ins; the others drop theirs (sessions already relaying are not affected). `cfg` must
+  // outlive the engine (the server keeps every configuration it loaded). Returns "" when
+  // adopted, else why not, and then nothing changed: a different state_dir or token_key_file
+  // needs a restart, and a provider certificate must be readable.
+  std::string reconfigure(const config::config& cfg);
+
   // The redirect URI: public_base_url (or http://localhost:<port>) + "/sso/oauth_callback".
   // Call after the admin listener is bound, with its actual port.
   void set_admin_port(std::uint16_t port);

@@ -69,6 +69,16 @@ struct proxy_settings {
   std::chrono::seconds refresh_ahead{300};        // refresh access tokens this long before expiry
   std::chrono::seconds token_keepalive{604800};   // refresh idle grants at least this often
   std::chrono::seconds drain_timeout{30};  // SIGTERM: sessions may finish this long, then close
+  // Password guessing (issue 8): this many failed logins within lockout_window, counted per
+  // (login, client address) and per client address, refuse that pair (or address) for
+  // lockout_duration. 0 turns the guard off (no delays, no lockouts).
+  unsigned lockout_failures = 10;
+  // Failures from one client address (all logins together) that lock the whole address. Higher
+  // than lockout_failures: behind NAT or on the proxy's own host (127.0.0.1) many devices share
+  // one address, and one device with an old password must not lock the others out. 0: never.
+  unsigned lockout_address_failures = 50;
+  std::chrono::seconds lockout_window{900};
+  std::chrono::seconds lockout_duration{900};
 };
 
 struct provider {

@@ -141,6 +141,15 @@ void describe_proxy(std::string& out, const proxy_settings& p) {
   out += fmt::format("  token refresh: {}s ahead of expiry, idle grants every {}s\n",
                      p.refresh_ahead.count(), p.token_keepalive.count());
   out += fmt::format("  drain on SIGTERM: up to {}s\n", p.drain_timeout.count());
+  if (p.lockout_failures == 0) {
+    out += "  login lockout: off\n";
+  } else {
+    out += fmt::format(
+        "  login lockout: {} failures per login and client address ({} per address) within {}s "
+        "lock for {}s\n",
+        p.lockout_failures, p.lockout_address_failures, p.lockout_window.count(),
+        p.lockout_duration.count());
+  }
 }
 
 void describe_provider(std::string& out, const provider& p) {

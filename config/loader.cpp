@@ -100,6 +100,24 @@ void read_proxy(reader& root, proxy_settings& s) {
       s.token_keepalive);
   set(*t, pos, "drain_timeout", t->integer("drain_timeout"), seconds_at_least<1>,
       s.drain_timeout);
+  static constexpr std::int64_t max_lockout_failures = 100;  // each pair keeps that many timestamps
+  auto failure_count = [](const located<std::int64_t>& v, std::string key,
+                          load_context& c) -> std::optional<unsigned> {
+    if (v.value < 0 || v.value > max_lockout_failures) {
+      c.error(v.where, std::move(key),
+              fmt::format("must be between 0 (off) and {}", max_lockout_failures));
+      return std::nullopt;
+    }
+    return static_cast<unsigned>(v.value);
+  };
+  set(*t, pos, "lockout_failures", t->integer("lockout_failures"), failure_count,
+      s.lockout_failures);
+  set(*t, pos, "lockout_address_failures", t->integer("lockout_address_failures"), failure_count,
+      s.lockout_address_failures);
+  set(*t, pos, "lockout_window", t->integer("lockout_window"), seconds_at_least<1>,
+      s.lockout_window);
+  set(*t, pos, "lockout_duration", t->integer("lockout_duration"), seconds_at_least<1>,
+      s.lockout_duration);
   t->finish();
   if (!s.admin_listen.empty()) {
     located<std::string> v{s.admin_listen, pos.of("admin_listen")};

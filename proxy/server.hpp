@@ -8,6 +8,7 @@
 namespace xo::proxy {
 
 // Throws std::runtime_error for startup failures (bind, TLS files). Returns the exit code.
-int run_server(const config::config& cfg);
+// SIGHUP reloads the configuration file (see server.cpp: reload()).
+int run_server(config::config cfg);
 
 }  // namespace xo::proxy

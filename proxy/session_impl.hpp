@@ -139,7 +139,8 @@ awaitable<void> session<Flow>::perform(protocol::connect_upstream) {
 
 template <class Flow>
 awaitable<void> session<Flow>::perform(protocol::authorize a) {
-  auto outcome = co_await env_.logins.authorize(env_.sid, std::move(a));
+  auto outcome = co_await env_.logins.authorize(env_.sid, client_.remote().address().to_string(),
+                                                std::move(a));
   using k = protocol::auth_outcome::kind;
   const char* result = outcome.result == k::ok                ? "ok"
                        : outcome.result == k::bad_credentials ? "bad_credentials"

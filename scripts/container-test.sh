@@ -15,8 +15,12 @@
 # shared library found); the proxy container on the host network (read-only root, no
 # capabilities) with config, CA and secrets mounted and a named volume as state_dir, against its
 # own test bed in $BUILD_DIR/container-testbed (never the shared one); IMAP, POP3 and SMTP logins
-# through it, a wrong password refused; `podman healthcheck run`; `xoauth-proxy check` in the
-# container; a clean stop on SIGTERM.
+# through it, a wrong password refused; `podman healthcheck run` (and the same check failing
+# where no admin listener is); `xoauth-proxy check` in the container; a clean stop on SIGTERM.
+# Then, when scripts/check-examples.sh has left a .deb in $BUILD_DIR/package: that package
+# installed in a container with systemd as PID 1 (scripts/container-test.systemd.Containerfile),
+# xoauth-proxy.service started with examples/config.toml pointed at the test bed
+# (scripts/container-test-config.py), the same logins through it.
 #
 # Exit status: 0 passed, 1 failed, 77 skipped: podman cannot run a container here at all (for
 # example no permission to create namespaces); a banner on stderr says so.
@@ -32,10 +36,14 @@ RUN_DIR=$WORK/run
 TB_DIR=$BUILD_DIR/container-testbed
 BASE_TAR=$WORK/debian-bookworm-minbase.tar
 BASE_IMAGE=localhost/xoauth-proxy-base:bookworm
-IMAGE=localhost/xoauth-proxy:test
-BUILD_IMAGE=localhost/xoauth-proxy-build:test     # the build stage, tagged so its layers stay cached
-NAME=xoauth-proxy-ctest
-VOLUME=xoauth-proxy-ctest-state
+# Names of their own per BUILD_DIR, so that two checkouts can run this at once.
+TAG=test-$(printf '%s' "$BUILD_DIR" | sha256sum | cut -c1-8)
+IMAGE=localhost/xoauth-proxy:$TAG
+BUILD_IMAGE=localhost/xoauth-proxy-build:$TAG        # the build stage, tagged so its layers stay cached
+SD_IMAGE=localhost/xoauth-proxy-systemd:$TAG         # the .deb installed, systemd as PID 1
+NAME=xoauth-proxy-c$TAG
+SD_NAME=xoauth-proxy-c$TAG-systemd
+VOLUME=xoauth-proxy-c$TAG-state
 JOBS=${XOAUTH_CONTAINER_JOBS:-2}
 BASE_MAX_AGE_DAYS=${XOAUTH_BASE_MAX_AGE_DAYS:-30}
 SYS_PYTHON=/usr/bin/python3     # Debian's, whatever python3 is first on PATH
@@ -271,17 +279,17 @@ log "image checks passed: user $user, $(cat "$WORK/image-check.log")"
 cleanup() {
   local rc=$?
   if [ "${XOAUTH_KEEP_CONTAINER:-0}" = 1 ]; then
-    log "kept: container $NAME, volume $VOLUME, test bed $TB_DIR"
+    log "kept: containers $NAME and $SD_NAME, volume $VOLUME, test bed $TB_DIR"
   else
-    podman rm -f -t 0 "$NAME" > /dev/null 2>&1 || true
+    podman rm -f -t 0 "$NAME" "$SD_NAME" > /dev/null 2>&1 || true
     podman volume rm -f "$VOLUME" > /dev/null 2>&1 || true
     python3 "$ROOT/tests/testbed/testbed.py" stop --dir "$TB_DIR" > /dev/null 2>&1 || true
-    rm -rf "$RUN_DIR/secrets"
+    rm -rf "$RUN_DIR/secrets" "$RUN_DIR/systemd-etc"
   fi
   exit $rc
 }
 trap cleanup EXIT
-podman rm -f -t 0 "$NAME" > /dev/null 2>&1 || true      # left over from an interrupted run
+podman rm -f -t 0 "$NAME" "$SD_NAME" > /dev/null 2>&1 || true   # left over from an interrupted run
 podman volume rm -f "$VOLUME" > /dev/null 2>&1 || true
 
 log "starting the test bed in $TB_DIR"
@@ -292,68 +300,15 @@ PASSWORD="ctest-$(od -An -N6 -tx1 /dev/urandom | tr -d ' \n')"
 HASH=$(printf '%s\n' "$PASSWORD" | podman run --rm -i --network none --no-healthcheck "$IMAGE" hash-password)
 [[ $HASH == '$argon2id$'* ]] || fail "hash-password in the container printed '$HASH'"
 
-rm -rf "$RUN_DIR" && mkdir -p "$RUN_DIR/secrets"
-"$SYS_PYTHON" - "$TB_DIR/testbed.json" "$RUN_DIR" "$HASH" <<'EOF'
-import json, os, socket, sys
-tb, run, pw_hash = json.load(open(sys.argv[1])), sys.argv[2], sys.argv[3]
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-ports = {"imap": free_port(), "pop3": free_port(), "smtp": free_port(), "admin": free_port()}
-with open(os.path.join(run, "secrets", "client_secret"), "w") as f:
-    f.write(tb["client_secret"] + "\n")
-with open(os.path.join(run, "secrets", "token_key"), "wb") as f:
-    f.write(os.urandom(32))
-with open(tb["ca_file"]) as src, open(os.path.join(run, "ca.pem"), "w") as dst:
-    dst.write(src.read())
-ca = "/etc/xoauth-proxy/ca.pem"   # inside the container
-def listener(proto, up):
-    return f'''[[listener]]
-protocol = "{proto}"
-listen = "127.0.0.1:{ports[proto]}"
-tls = "none"
-upstream = "{up['address']}"
-upstream_tls = "{up['tls']}"
-upstream_ca_file = "{ca}"
-'''
-config = f'''# written by scripts/container-test.sh
-[proxy]
-state_dir = "/var/lib/xoauth-proxy"
-log_format = "text"
-log_level = "debug"
-admin_listen = "127.0.0.1:{ports['admin']}"
-token_key_file = "${{CREDENTIALS_DIRECTORY}}/token_key"
-
-[[provider]]
-name = "contoso"
-tenant = "{tb['tenant']}"
-client_id = "{tb['client_id']}"
-client_secret_file = "${{CREDENTIALS_DIRECTORY}}/client_secret"
-authority = "{tb['authority']}"
-ca_file = "{ca}"
-
-{listener("imap", tb["dovecot"]["imaps"])}
-{listener("pop3", tb["dovecot"]["pop3s"])}
-{listener("smtp", tb["postfix"]["submission"])}
-[[account]]
-login = "scanner@contoso.test"
-provider = "contoso"
-flow = "client_credentials"
-password_hash = "{pw_hash}"
-'''
-with open(os.path.join(run, "config.toml"), "w") as f:
-    f.write(config)
-json.dump(ports, open(os.path.join(run, "ports.json"), "w"))
-EOF
+# examples/config.toml pointed at the test bed; its secret files go to a mount of their own at
+# /run/secrets, as compose does with secrets, and CREDENTIALS_DIRECTORY names it.
+rm -rf "$RUN_DIR" && mkdir -p "$RUN_DIR/etc" "$RUN_DIR/secrets"
+read -r IMAP_PORT POP3_PORT SMTP_PORT ADMIN_PORT < <("$SYS_PYTHON" "$ROOT/scripts/container-test-config.py" \
+  "$ROOT/examples/config.toml" "$TB_DIR/testbed.json" "$RUN_DIR/etc" "$HASH")
+mv "$RUN_DIR/etc/client_secret" "$RUN_DIR/etc/token_key" "$RUN_DIR/secrets/"
 # The proxy runs as uid 10001: what it reads must be readable by it (as with real mounts).
 chown -R 10001:10001 "$RUN_DIR/secrets" && chmod 0500 "$RUN_DIR/secrets" && chmod 0400 "$RUN_DIR"/secrets/*
-chmod 0644 "$RUN_DIR/config.toml" "$RUN_DIR/ca.pem"
-read -r IMAP_PORT POP3_PORT SMTP_PORT ADMIN_PORT < <("$SYS_PYTHON" -c \
-  'import json,sys; p=json.load(open(sys.argv[1])); print(p["imap"], p["pop3"], p["smtp"], p["admin"])' \
-  "$RUN_DIR/ports.json")
+chmod 0644 "$RUN_DIR/etc/config.toml" "$RUN_DIR/etc/ca.pem"
 
 # --- run the proxy container -------------------------------------------------------------------------
 log "podman run $IMAGE on the host network (imap $IMAP_PORT, pop3 $POP3_PORT, smtp $SMTP_PORT, admin $ADMIN_PORT)"
@@ -361,8 +316,8 @@ podman volume create "$VOLUME" > /dev/null
 podman run -d --name "$NAME" --network host \
   --read-only --cap-drop ALL --security-opt no-new-privileges \
   -e CREDENTIALS_DIRECTORY=/run/secrets -e "XOAUTH_HEALTHCHECK_ADDR=127.0.0.1:$ADMIN_PORT" \
-  -v "$RUN_DIR/config.toml:/etc/xoauth-proxy/config.toml:ro" \
-  -v "$RUN_DIR/ca.pem:/etc/xoauth-proxy/ca.pem:ro" \
+  -v "$RUN_DIR/etc/config.toml:/etc/xoauth-proxy/config.toml:ro" \
+  -v "$RUN_DIR/etc/ca.pem:/etc/xoauth-proxy/ca.pem:ro" \
   -v "$RUN_DIR/secrets:/run/secrets:ro" \
   -v "$VOLUME:/var/lib/xoauth-proxy" \
   "${HEALTH_OPTS[@]}" "$IMAGE" > /dev/null 2> "$WORK/run.err" \
@@ -416,4 +371,79 @@ podman stop -t 20 "$NAME" > "$WORK/stop.log" 2>&1
 code=$(podman inspect --format '{{.State.ExitCode}}' "$NAME")
 [ "$code" = 0 ] || { podman logs --tail 20 "$NAME" >&2; fail "the proxy exited with $code on SIGTERM"; }
 log "stopped cleanly on SIGTERM"
+
+# --- the .deb and its systemd unit, run by systemd in a container -------------------------------------
+# Whether the unit's hardening (DynamicUser, credentials, ProtectSystem=strict, the system call
+# filter, MemoryDenyWriteExecute ...) lets the proxy work shows only when systemd runs it. The
+# config is examples/config.toml with the test bed's endpoints; it and the secrets are root-only
+# files in /etc/xoauth-proxy that reach the service through LoadCredential=.
+deb=$(ls "$BUILD_DIR"/package/xoauth-proxy_*.deb 2>/dev/null | head -n 1 || true)
+if [ -z "$deb" ]; then
+  log "NOTE: no .deb in $BUILD_DIR/package (scripts/check-examples.sh builds it): the systemd part did not run"
+else
+  log "the .deb under systemd: $(basename "$deb")"
+  sd_ctx=$WORK/systemd-image
+  rm -rf "$sd_ctx" && mkdir -p "$sd_ctx"
+  cp "$deb" "$sd_ctx/xoauth-proxy.deb"
+  cp "$ROOT/scripts/container-test.systemd.Containerfile" "$sd_ctx/Containerfile"
+  podman build --pull=never --format docker --build-arg "BASE=$BASE_IMAGE" -t "$SD_IMAGE" "$sd_ctx" \
+    > "$WORK/systemd-build.log" 2>&1 || { tail -20 "$WORK/systemd-build.log" >&2; fail "building the systemd test image"; }
+  podman image prune -f --filter "label=org.opencontainers.image.title=xoauth-proxy-systemd-test" > /dev/null 2>&1 || true
+
+  sd_etc=$RUN_DIR/systemd-etc
+  mkdir -p "$sd_etc"
+  read -r SD_IMAP SD_POP3 SD_SMTP _ < <("$SYS_PYTHON" "$ROOT/scripts/container-test-config.py" \
+    "$ROOT/examples/config.toml" "$TB_DIR/testbed.json" "$sd_etc" "$HASH")
+  chmod 0755 "$sd_etc"
+  chmod 0600 "$sd_etc/config.toml" "$sd_etc/client_secret" "$sd_etc/token_key"
+  chmod 0644 "$sd_etc/ca.pem"
+  podman run -d --name "$SD_NAME" --network host --systemd=always --no-healthcheck \
+    -v "$sd_etc:/etc/xoauth-proxy:ro" "$SD_IMAGE" > /dev/null 2> "$WORK/systemd-run.err" \
+    || { cat "$WORK/systemd-run.err" >&2; fail "podman run (systemd)"; }
+  state=""
+  for _ in $(seq 1 60); do
+    state=$(podman exec "$SD_NAME" systemctl is-system-running 2>/dev/null || true)
+    case $state in running|degraded) break ;; esac
+    sleep 0.5
+  done
+  case $state in
+    running|degraded) ;;
+    *)
+      banner "systemd did not boot in a container here (state '$state')" \
+        "The image test above PASSED; only the .deb/systemd part was not run."
+      log "PASSED in $((SECONDS - T0)) s (image $((size / 1000000)) MB; systemd part skipped)"
+      exit 0 ;;
+  esac
+  podman exec "$SD_NAME" systemctl enable --now xoauth-proxy > "$WORK/systemd-enable.log" 2>&1 \
+    || { podman exec "$SD_NAME" journalctl -u xoauth-proxy --no-pager >&2 || true; fail "systemctl enable --now xoauth-proxy"; }
+  ready=0
+  for _ in $(seq 1 100); do
+    if podman exec "$SD_NAME" journalctl -u xoauth-proxy --no-pager -o cat 2>/dev/null | grep -q 'admin listening on'; then
+      ready=1; break
+    fi
+    sleep 0.2
+  done
+  if [ "$ready" != 1 ]; then
+    podman exec "$SD_NAME" systemctl status xoauth-proxy --no-pager >&2 || true
+    podman exec "$SD_NAME" journalctl -u xoauth-proxy --no-pager >&2 || true
+    fail "xoauth-proxy.service did not come up under systemd"
+  fi
+  "$SYS_PYTHON" "$WORK/clients.py" "$SD_IMAP" "$SD_POP3" "$SD_SMTP" "$PASSWORD" \
+    || { podman exec "$SD_NAME" journalctl -u xoauth-proxy --no-pager -n 30 >&2 || true; fail "logins through the systemd service"; }
+  # DynamicUser: not root, the state in /var/lib/private/xoauth-proxy, 0700, owned by that user.
+  podman exec "$SD_NAME" bash -c '
+    set -e
+    pid=$(systemctl show -p MainPID --value xoauth-proxy)
+    uid=$(awk "/^Uid:/ {print \$2}" /proc/$pid/status)
+    [ "$uid" != 0 ]
+    [ "$(stat -c %u:%a /var/lib/private/xoauth-proxy)" = "$uid:700" ]
+    [ -L /var/lib/xoauth-proxy ] && test -s /var/lib/private/xoauth-proxy/admin.json
+    systemctl stop xoauth-proxy
+    [ "$(systemctl show -p Result --value xoauth-proxy)" = success ]' > "$WORK/systemd-check.log" 2>&1 \
+    || { cat "$WORK/systemd-check.log" >&2; fail "the service's user, state directory or stop"; }
+  exposure=$(podman exec "$SD_NAME" systemd-analyze security xoauth-proxy --no-pager 2>/dev/null \
+             | grep -o 'Overall exposure level.*' || true)
+  podman rm -f -t 0 "$SD_NAME" > /dev/null 2>&1 || true
+  log "xoauth-proxy.service from the .deb: logins work under DynamicUser and the hardening; ${exposure:-}"
+fi
 log "PASSED in $((SECONDS - T0)) s (image $((size / 1000000)) MB)"
