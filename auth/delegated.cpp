@@ -57,7 +57,7 @@ awaitable<token_result> post_token(https_client& http, const config::provider& p
     token_result r;
     r.error = token_error{failure_kind::config, "client_auth", 0,
                           fmt::format("client_auth: cannot authenticate the client: {}", e.what()),
-                          std::nullopt};
+                          std::nullopt, {}};
     co_return r;
   }
   const auto start = steady::now();

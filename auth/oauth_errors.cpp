@@ -87,4 +87,69 @@ failure_kind classify(unsigned http_status, std::string_view error, long aadsts)
   return failure_kind::config;
 }
 
+std::string_view fix_for(long aadsts, std::string_view error) {
+  switch (aadsts) {
+    case 7000215:
+      return "the client secret is wrong: put the secret's Value (not its ID) from the app "
+             "registration's Certificates & secrets into client_secret_file";
+    case 7000222:
+      return "the client secret has expired: create a new one under Certificates & secrets and "
+             "update client_secret_file";
+    case 700016:
+      return "no app with this client_id in this tenant: check client_id and tenant, or grant "
+             "admin consent in the tenant the app should work in";
+    case 90002:
+      return "the tenant does not exist: set tenant to the directory ID (GUID) or a verified "
+             "domain of the tenant";
+    case 700027:
+    case 700023:
+    case 700024:
+      return "the certificate credential was refused: upload certificate_file to the app "
+             "registration's Certificates & secrets, and check the system clock";
+    case 7000218:
+      return "the app needs a client credential: set client_secret_file or certificate_file, or "
+             "turn on Allow public client flows for device code and password";
+    case 700025:
+      return "the app is a public client: remove the provider's client secret or certificate, or "
+             "turn off Allow public client flows";
+    case 50011:
+      return "the redirect URI is not registered: add the URI shown by `xoauth-proxy check` to the "
+             "app registration (platform Web)";
+    case 65001:
+    case 65004:
+      return "consent is missing: grant admin consent for the app's API permissions, then "
+             "authorize the account again";
+    case 650056:
+    case 650057:
+    case 70011:
+      return "the requested scope is not among the app's API permissions: add IMAP, POP or SMTP "
+             "permissions (and offline_access) and grant consent, or fix `scopes`";
+    case 50076:
+    case 50079:
+    case 50074:
+      return "the user must use multi-factor authentication: use flow authorization_code or "
+             "device_code instead of password";
+    case 53003:
+      return "Conditional Access blocked the sign-in: ask the tenant administrator to allow it";
+    case 50057:
+      return "the user account is disabled in Entra";
+    case 50053:
+      return "the account is locked after too many wrong passwords: wait, then check the "
+             "client's password";
+    case 50173:
+    case 70008:
+    case 700082:
+    case 54005:
+      return "the grant is no longer valid: authorize the account again (xoauth-proxy authorize "
+             "or the status page)";
+    case 9001023:
+      return "use a tenant ID or domain instead of common/organizations for this flow";
+    default:
+      break;
+  }
+  if (error == "invalid_client") return "check client_id, the client secret or certificate";
+  if (error == "invalid_grant") return "authorize the account again";
+  return "";
+}
+
 }  // namespace xo::auth

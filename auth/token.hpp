@@ -34,7 +34,13 @@ struct token_error {
   std::string summary;      // safe for logs: error, AADSTS code, first line of the description
                             // (never a secret), trace/correlation id when present
   std::optional<std::chrono::seconds> retry_after;  // from a 429/503 Retry-After header
+  std::string fix;  // what an administrator should do, in plain words; empty when unknown
+  // summary, plus "; fix: ..." when a fix is known: for logs, the status page and the CLI.
+  std::string describe() const { return fix.empty() ? summary : summary + "; fix: " + fix; }
 };
+
+// The fix for a known identity-platform error (by AADSTS code, then by `error`); "" if none.
+std::string_view fix_for(long aadsts, std::string_view error);
 
 struct token_result {
   std::optional<access_token> token;

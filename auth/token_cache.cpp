@@ -21,7 +21,7 @@ long long seconds_between(steady::time_point from, steady::time_point to) {
 
 token_result transient_error(std::string error, std::string summary) {
   token_result r;
-  r.error = token_error{failure_kind::transient, std::move(error), 0, std::move(summary), {}};
+  r.error = token_error{failure_kind::transient, std::move(error), 0, std::move(summary), {}, {}};
   return r;
 }
 
@@ -203,7 +203,7 @@ awaitable<void> token_cache::fetch(std::string key, token_source& source) {
     e.failure.reset();
   } else {
     log()->warn("token fetch failed: key={} grant={} kind={} {}", key, source.grant(),
-                to_string(r.error.kind), r.error.summary);
+                to_string(r.error.kind), r.error.describe());
     if (r.error.kind != failure_kind::transient) {
       e.token.reset();  // the grant itself is unusable: stop handing out what it produced
     } else if (e.token && e.token->expires_at > now) {

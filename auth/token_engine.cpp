@@ -48,7 +48,7 @@ bool iequals(std::string_view a, std::string_view b) { return lower(a) == lower(
 
 token_result fail(failure_kind k, std::string error, std::string summary) {
   token_result r;
-  r.error = token_error{k, std::move(error), 0, std::move(summary), {}};
+  r.error = token_error{k, std::move(error), 0, std::move(summary), {}, {}};
   return r;
 }
 
@@ -412,19 +412,19 @@ struct token_engine::impl {
       changed(g);
       co_return r;
     }
-    g.last_error = r.error.summary;
+    g.last_error = r.error.describe();
     if (r.error.kind == failure_kind::reauth) {
       g.state = "needs_authorization";
       g.grant.state = "needs_authorization";
-      g.grant.last_error = r.error.summary;
+      g.grant.last_error = r.error.describe();
       log()->error("account={:?} needs authorization again: {} (the old grant is kept in the "
                    "store for inspection)",
-                   g.login, r.error.summary);
+                   g.login, r.error.describe());
       co_await persist(g, false);
       changed(g);
     } else if (r.error.kind == failure_kind::config) {
       log()->error("account={:?}: refresh refused for a configuration problem: {}", g.login,
-                   r.error.summary);
+                   r.error.describe());
     }
     co_return r;
   }
@@ -506,7 +506,7 @@ struct token_engine::impl {
                                      password);
     record_request("password", r, steady::now() - t0);
     if (!r.ok()) {
-      if (r.error.kind != failure_kind::bad_password) g.last_error = r.error.summary;
+      if (r.error.kind != failure_kind::bad_password) g.last_error = r.error.describe();
       co_return r;
     }
     auto fresh = co_await new_key(password);
@@ -554,7 +554,7 @@ struct token_engine::impl {
       g.state = g.have_grant ? (g.grant.state == "needs_authorization" ? "needs_authorization"
                                                                         : "authorized")
                              : "not_authorized";
-      g.last_error = "device code sign-in failed: " + r.error.summary;
+      g.last_error = "device code sign-in failed: " + r.error.describe();
       log()->warn("account={:?}: {}", g.login, g.last_error);
       changed(g);
       co_return;
@@ -837,7 +837,7 @@ awaitable<authorization_start> token_engine::begin_authorization(std::string log
     auto d = co_await start_device_code(*g.prov->http, *g.prov->cfg, *g.prov->client, a->flow);
     record_request("devicecode", d.ok ? nullptr : &d.error, steady::now() - t0);
     if (!d.ok) {
-      out.error = "the identity platform refused to start a device code sign-in: " + d.error.summary;
+      out.error = "the identity platform refused to start a device code sign-in: " + d.error.describe();
       g.last_error = out.error;
       co_return out;
     }
@@ -934,7 +934,7 @@ awaitable<callback_outcome> token_engine::complete_authorization(
   if (!r.ok()) {
     out.http_status = 502;
     out.message = fmt::format("Redeeming the authorization code for {} failed: {}", a->login,
-                              r.error.summary);
+                              r.error.describe());
     g.last_error = out.message;
     log()->warn("account={:?}: {}", a->login, out.message);
     e.changed(g);

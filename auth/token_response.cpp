@@ -88,7 +88,8 @@ std::string clean_description(std::string_view d) {
 token_result failed(failure_kind kind, std::string error, long aadsts, std::string summary,
                     std::optional<std::chrono::seconds> retry_after = std::nullopt) {
   token_result r;
-  r.error = token_error{kind, std::move(error), aadsts, std::move(summary), retry_after};
+  r.error = token_error{kind, std::move(error), aadsts, std::move(summary), retry_after, {}};
+  r.error.fix = std::string(fix_for(aadsts, r.error.error));
   return r;
 }
 

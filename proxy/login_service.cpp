@@ -161,7 +161,7 @@ awaitable<protocol::auth_outcome> login_service::issue(std::string sid, std::str
   if (!token.ok()) {
     const auto& e = token.error;
     log->warn("sid={} no token for user={:?} provider={} kind={} error={}", sid, req.user,
-              acct.provider, auth::to_string(e.kind), e.summary);
+              acct.provider, auth::to_string(e.kind), e.describe());
     switch (e.kind) {
       case auth::failure_kind::transient: co_return fail(k::temporary, "token_unavailable");
       case auth::failure_kind::bad_password:

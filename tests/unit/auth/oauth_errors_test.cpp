@@ -196,3 +196,18 @@ TEST(OauthErrors, KindNames) {
 
 }  // namespace
 }  // namespace xo::auth
+
+TEST(OAuthErrors, KnownConfigurationFaultsCarryAFixInPlainWords) {
+  using xo::auth::fix_for;
+  EXPECT_NE(fix_for(7000215, "invalid_client").find("Value (not its ID)"), std::string_view::npos);
+  EXPECT_NE(fix_for(7000222, "invalid_client").find("expired"), std::string_view::npos);
+  EXPECT_NE(fix_for(90002, "invalid_request").find("tenant"), std::string_view::npos);
+  EXPECT_NE(fix_for(700082, "invalid_grant").find("authorize the account again"),
+            std::string_view::npos);
+  EXPECT_NE(fix_for(0, "invalid_client").find("client_id"), std::string_view::npos);
+  EXPECT_EQ(fix_for(0, "temporarily_unavailable"), "");
+  xo::auth::token_error e;
+  e.summary = "invalid_client AADSTS7000215: Invalid client secret provided.";
+  e.fix = "x";
+  EXPECT_EQ(e.describe(), "invalid_client AADSTS7000215: Invalid client secret provided.; fix: x");
+}

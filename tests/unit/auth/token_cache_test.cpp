@@ -36,7 +36,7 @@ class fake_source final : public token_source {
 
   void fail_next(failure_kind kind, std::optional<seconds> retry_after = {}) {
     token_result r;
-    r.error = token_error{kind, "some_error", 0, "some_error: test", retry_after};
+    r.error = token_error{kind, "some_error", 0, "some_error: test", retry_after, {}};
     script.push_back(std::move(r));
   }
 
