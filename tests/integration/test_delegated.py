@@ -1063,6 +1063,63 @@ class I_Certificate(DelegatedCase):
 
 
 # --------------------------------------------------------------------------------------------------------
+class J_SecretsAtTrace(DelegatedCase):
+    """Issue 8: every flow at log_level = "trace" (wire trace included), with IMAP, SMTP and POP3
+    logins, an authorization through the callback and one through a device code, then a wrong
+    password: no password, token, refresh token, code, client secret or admin token of the test
+    appears in the log, /metrics, /readyz, the status page or the account API."""
+
+    def test_no_secret_anywhere_at_trace_level(self):
+        wd = self.new_workdir(self)
+        web = harness.delegated_provider(wd, "web", name="web")
+        pub = harness.delegated_provider(wd, "public", name="pub")
+        app = harness.provider(wd, name="app")
+        accounts = [
+            harness.account(SCANNER, LOCAL[SCANNER], "app", flow="client_credentials"),
+            harness.delegated_account(ALICE, "authorization_code", "web", LOCAL[ALICE]),
+            harness.delegated_account(RECEIVER, "device_code", "pub", LOCAL[RECEIVER]),
+            harness.delegated_account(RECEIVER2, "password", "pub"),
+        ]
+        cfg, idx = self.write(wd, accounts, [app, web, pub], log_level="trace")
+        px = self.proxy(cfg, 3)
+        ports = {k: px.ports[i] for k, i in idx.items()}
+        self.authorize_code_via_api(px, ALICE)
+        out = self.start_api_authorization(px, RECEIVER, device=True)
+        harness.mock_device_approve(RECEIVER, out["user_code"])
+        self.wait_state(px, RECEIVER, "authorized")
+        logins = {SCANNER: LOCAL[SCANNER], ALICE: LOCAL[ALICE], RECEIVER: LOCAL[RECEIVER],
+                  RECEIVER2: ENTRA[RECEIVER2]}
+        for user, pw in logins.items():
+            self.assert_imap_ok(ports["imap"], user, pw)
+            self.assert_smtp_ok(ports["smtp"], user, pw)
+            self.assertTrue(self.pop3_login(ports["pop3"], user, pw).startswith("+OK"), user)
+        self.assertIn("AUTHENTICATIONFAILED", self.imap_login(ports["imap"], ALICE, "Wrong-" + LOCAL[ALICE]))
+
+        secrets = [pw for pw in logins.values()] + ["Wrong-" + LOCAL[ALICE],
+                   harness.testbed_info()["client_secret"],
+                   harness.ensure_delegated_clients()["web"]["client_secret"],
+                   harness.admin_json(px.state_dir)["token"]]
+        _, _, page = harness.http_get(px.admin_url + "/", headers={"Host": px.admin_url.split("//")[1]})
+        surfaces = {
+            "log": px.log(),
+            "/metrics": harness.http_get(px.admin_url + "/metrics")[2].decode(errors="replace"),
+            "/readyz": harness.http_get(px.admin_url + "/readyz")[2].decode(errors="replace"),
+            "/": page.decode(errors="replace"),
+            "/api/accounts": json.dumps(self.accounts(px)),
+        }
+        self.assertIn("<redacted", surfaces["log"], "the wire trace did not run (log_level trace)")
+        for where, text in surfaces.items():
+            self.assertTrue(text, where)
+            self.assert_no_token_leak(text, where)
+            for s in secrets:
+                self.assertNotIn(s, text, f"a secret of the test appears in {where}")
+            # base64 of the XOAUTH2 response or of an AUTH PLAIN blob would hide the secrets
+            self.assertNotRegex(text, r"dXNlcj1[A-Za-z0-9+/=]{40,}", f"an XOAUTH2 response in {where}")
+            self.assertNotRegex(text, r"AHNjYW5uZXJAY29udG9zby50ZXN0A[A-Za-z0-9+/=]+", f"AUTH PLAIN in {where}")
+        self.assert_store(px)
+
+
+# --------------------------------------------------------------------------------------------------------
 class H_TokenStore(DelegatedCase):
     """The encrypted token store: key file in hex, no key file (password-derived keys: "locked" until
     the account's first login after a start), and a wrong key (store_error, entry kept)."""
