@@ -1,5 +1,6 @@
 // xoauth-proxy: wiring only. Commands: run, check, authorize, hash-password.
 #include "app/authorize.hpp"
+#include "app/doctor.hpp"
 #include "auth/client_auth.hpp"
 #include "auth/password_hash.hpp"
 #include "auth/token_store.hpp"
@@ -156,6 +157,14 @@ int main(int argc, char** argv) try {
   authorize->add_option("--password-file", auth_opt.password_file,
                         "file holding the account's local password, when the token store is "
                         "keyed by it (no token_key_file) and the proxy is stopped");
+  xo::app::doctor_options doctor_opt;
+  auto* doctor = app.add_subcommand(
+      "doctor",
+      "check the configuration, the app registration, each account's token and a real upstream "
+      "login per protocol, and say how to fix what fails; exit 0 when everything passed");
+  add_config(doctor);
+  doctor->add_option("account", doctor_opt.accounts, "logins to check (default: every [[account]])");
+  doctor->add_flag("--json", doctor_opt.json, "print one JSON object for scripts");
   auto* hash = app.add_subcommand(
       "hash-password", "read a password from standard input and print its argon2id hash for "
                        "an [[account]] password_hash");
@@ -165,6 +174,10 @@ int main(int argc, char** argv) try {
   if (*authorize) {
     auth_opt.config_path = config_path;
     return xo::app::cmd_authorize(auth_opt);
+  }
+  if (*doctor) {
+    doctor_opt.config_path = config_path;
+    return xo::app::cmd_doctor(doctor_opt);
   }
   if (*hash) return cmd_hash_password();
   return 1;
