@@ -13,8 +13,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import ssl
 import sys
 import tempfile
+import threading
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +35,71 @@ def listeners() -> list[dict]:
     pop = harness.listener(protocol="pop3", upstream=tb()["dovecot"]["pop3s"]["address"],
                            upstream_tls="implicit")
     return [harness.listener(), harness.smtp_listener(), pop]
+
+
+class FakeExchange:
+    """A TLS server on loopback (the test bed's certificate) that answers like Exchange Online in
+    two situations the real test bed cannot produce: SMTP AUTH disabled (535 5.7.139) and an IMAP
+    login accepted for a mailbox the app may not open ("User is authenticated but not connected")."""
+
+    def __init__(self, protocol: str):
+        self.protocol = protocol
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(tb()["certs"]["server"]["cert"], tb()["certs"]["server"]["key"])
+        self.ctx = ctx
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.sock.settimeout(60)
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        try:
+            raw, _ = self.sock.accept()
+        except OSError:
+            return
+        with self.ctx.wrap_socket(raw, server_side=True) as c:
+            c.settimeout(30)
+            f = c.makefile("rb")
+            say = lambda text: c.sendall(text.encode() + b"\r\n")  # noqa: E731
+            if self.protocol == "smtp":
+                say("220 fake.outlook.test Microsoft ESMTP MAIL Service ready")
+                for _ in range(10):
+                    line = f.readline().decode(errors="replace").strip()
+                    if not line:
+                        return
+                    verb = line.split(" ")[0].upper()
+                    if verb == "EHLO":
+                        say("250-fake.outlook.test Hello\r\n250-SIZE 157286400\r\n250 AUTH LOGIN XOAUTH2")
+                    elif verb == "AUTH":
+                        say("535 5.7.139 Authentication unsuccessful, SMTP Auth is disabled for the Tenant.")
+                    elif verb == "QUIT":
+                        say("221 2.0.0 Service closing transmission channel")
+                        return
+                    else:
+                        say("250 2.0.0 OK")
+            else:
+                say("* OK The Microsoft Exchange IMAP4 service is ready.")
+                for _ in range(10):
+                    line = f.readline().decode(errors="replace").strip()
+                    if not line:
+                        return
+                    tag, _, rest = line.partition(" ")
+                    cmd = rest.split(" ")[0].upper()
+                    if cmd == "CAPABILITY":
+                        say("* CAPABILITY IMAP4 IMAP4rev1 AUTH=PLAIN AUTH=XOAUTH2 SASL-IR UIDPLUS IDLE")
+                        say(f"{tag} OK CAPABILITY completed.")
+                    elif cmd == "AUTHENTICATE":
+                        say(f"{tag} OK AUTHENTICATE completed.")
+                    elif cmd == "LOGOUT":
+                        say("* BYE Microsoft Exchange Server IMAP4 server signing off.")
+                        say(f"{tag} OK LOGOUT completed.")
+                        return
+                    else:
+                        say(f"{tag} BAD User is authenticated but not connected.")
+
+    def close(self):
+        self.sock.close()
 
 
 class DoctorTest(unittest.TestCase):
@@ -147,6 +215,38 @@ class DoctorTest(unittest.TestCase):
         self.assertIn("refused: 535 ", smtp)
         pop = self.line(lines, f"account {SCANNER}: pop3 login")
         self.assertIn("refused: -ERR", pop)
+
+    def fake_upstream_config(self, protocol: str) -> tuple[str, FakeExchange]:
+        fake = FakeExchange(protocol)
+        self.addCleanup(fake.close)
+        if protocol == "smtp":
+            lst = harness.smtp_listener(upstream=f"127.0.0.1:{fake.port}", upstream_tls="implicit")
+        else:
+            lst = harness.listener(upstream=f"127.0.0.1:{fake.port}", upstream_tls="implicit")
+        cfg = harness.write_config(self.workdir, [harness.provider(self.workdir)], [lst],
+                                   [harness.account(SCANNER, "scanner-Pass-1")])
+        return cfg, fake
+
+    def test_exchange_smtp_auth_disabled(self):
+        cfg, _ = self.fake_upstream_config("smtp")
+        rc, lines, text = self.doctor(cfg)
+        self.assertEqual(rc, 1, text)
+        smtp = self.line(lines, f"account {SCANNER}: smtp login")
+        self.assertTrue(smtp.startswith("✗"), smtp)
+        self.assertIn("535 5.7.139", smtp)
+        self.assertIn(f"Set-CASMailbox -Identity {SCANNER} -SmtpClientAuthenticationDisabled $false", smtp)
+        self.assertIn("Set-TransportConfig -SmtpClientAuthenticationDisabled $false", smtp)
+
+    def test_exchange_authenticated_but_not_connected(self):
+        cfg, _ = self.fake_upstream_config("imap")
+        rc, lines, text = self.doctor(cfg)
+        self.assertEqual(rc, 1, text)
+        imap = self.line(lines, f"account {SCANNER}: imap login")
+        self.assertTrue(imap.startswith("✗"), imap)
+        self.assertIn("not connected", imap)
+        self.assertIn(f"New-ServicePrincipal -AppId {tb()['client_id']} -ObjectId ", imap)
+        self.assertRegex(imap, rf"Add-MailboxPermission -Identity {SCANNER} -User [0-9a-f-]{{36}} "
+                               r"-AccessRights FullAccess")
 
     # ---- more --------------------------------------------------------------------------------------
     def test_unreachable_upstream(self):
