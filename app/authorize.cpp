@@ -11,6 +11,7 @@
 // on (…/sso/oauth_callback?code=…&state=…) completes the sign-in: for browsers on another
 // machine that cannot reach the admin listener.
 #include "app/authorize.hpp"
+#include "app/terminal.hpp"
 
 #include "auth/password_hash.hpp"
 #include "auth/token_engine.hpp"
@@ -27,14 +28,12 @@
 #include <fmt/chrono.h>
 #include <fcntl.h>
 #include <poll.h>
-#include <termios.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
-#include <iostream>
 #include <sstream>
 #include <thread>
 
@@ -121,22 +120,9 @@ std::optional<secret> local_password(const authorize_options& o) {
   if (const char* env = std::getenv("XOAUTH_ACCOUNT_PASSWORD"); env && *env) return secret{env};
   int tty = ::open("/dev/tty", O_RDWR | O_CLOEXEC);
   if (tty < 0) return std::nullopt;
-  std::string prompt = "Local password of " + o.account + ": ";
-  (void)!::write(tty, prompt.data(), prompt.size());
-  termios old{};
-  tcgetattr(tty, &old);
-  termios silent = old;
-  silent.c_lflag &= static_cast<tcflag_t>(~ECHO);
-  tcsetattr(tty, TCSANOW, &silent);
-  std::string line;
-  char ch = 0;
-  while (::read(tty, &ch, 1) == 1 && ch != '\n') line.push_back(ch);
-  tcsetattr(tty, TCSANOW, &old);
-  (void)!::write(tty, "\n", 1);
+  auto pw = read_hidden_line(tty, tty, "Local password of " + o.account + ": ");
   ::close(tty);
-  if (!line.empty() && line.back() == '\r') line.pop_back();
-  if (line.empty()) return std::nullopt;
-  return secret{std::move(line)};
+  return pw;
 }
 
 void print_start(const auth::authorization_start& s, const std::string& account) {

@@ -1,5 +1,6 @@
 // xoauth-proxy: wiring only. Commands: run, check, authorize, hash-password.
 #include "app/authorize.hpp"
+#include "app/terminal.hpp"
 #include "app/doctor.hpp"
 #include "auth/client_auth.hpp"
 #include "auth/password_hash.hpp"
@@ -9,12 +10,10 @@
 #include "proxy/server.hpp"
 
 #include <CLI/CLI.hpp>
-#include <termios.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
-#include <iostream>
 #include <string>
 
 namespace {
@@ -97,28 +96,12 @@ int cmd_run(const std::string& path) {
 }
 
 int cmd_hash_password() {
-  bool tty = isatty(STDIN_FILENO) == 1;
-  termios old{};
-  if (tty) {
-    std::fprintf(stderr, "Password: ");
-    tcgetattr(STDIN_FILENO, &old);
-    termios silent = old;
-    silent.c_lflag &= static_cast<tcflag_t>(~ECHO);
-    tcsetattr(STDIN_FILENO, TCSANOW, &silent);
-  }
-  std::string line;
-  bool got = static_cast<bool>(std::getline(std::cin, line));
-  if (tty) {
-    tcsetattr(STDIN_FILENO, TCSANOW, &old);
-    std::fprintf(stderr, "\n");
-  }
-  if (!line.empty() && line.back() == '\r') line.pop_back();
-  if (!got || line.empty()) {
+  auto pw = xo::app::read_hidden_line(STDIN_FILENO, STDERR_FILENO, "Password: ");
+  if (!pw) {
     std::fprintf(stderr, "hash-password: no password given on standard input\n");
     return 1;
   }
-  xo::secret pw{std::move(line)};  // wiped when it goes out of scope
-  std::printf("%s\n", xo::auth::hash_password(pw).c_str());
+  std::printf("%s\n", xo::auth::hash_password(*pw).c_str());
   return 0;
 }
 

@@ -17,10 +17,9 @@
 #include "auth/https_client.hpp"
 #include "auth/token_cache.hpp"
 #include "auth/token_store.hpp"
+#include "common/ascii.hpp"
 #include "common/log.hpp"
 
-#include <boost/asio/bind_cancellation_slot.hpp>
-#include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <fmt/chrono.h>
 #include <openssl/crypto.h>
@@ -37,14 +36,8 @@ namespace {
 
 std::shared_ptr<spdlog::logger> log() { return logger("auth"); }
 
-std::string lower(std::string_view s) {
-  std::string out{s};
-  for (auto& ch : out)
-    if (ch >= 'A' && ch <= 'Z') ch = static_cast<char>(ch - 'A' + 'a');
-  return out;
-}
-
-bool iequals(std::string_view a, std::string_view b) { return lower(a) == lower(b); }
+std::string lower(std::string_view s) { return ascii_lower(s); }
+bool iequals(std::string_view a, std::string_view b) { return ascii_iequals(a, b); }
 
 token_result fail(failure_kind k, std::string error, std::string summary) {
   token_result r;
@@ -264,10 +257,8 @@ struct token_engine::impl {
     for (const auto& fn : listeners) fn(st);
   }
 
-  void count_request(grant_state* g, const std::string& grant) {
-    ++requests_by_grant[grant];
-    if (g) ++g->requests;
-  }
+  // Requests made for one account (status page); metrics count them by grant (record_request).
+  static void count_request(grant_state& g) { ++g.requests; }
 
   // Writes g's grant with whatever key it has. Returns whether it is now stored.
   awaitable<bool> persist(grant_state& g, bool replace_unreadable) {
@@ -392,7 +383,7 @@ struct token_engine::impl {
                      fmt::format("account {} needs authorization again ({})", g.login,
                                  g.last_error));
     }
-    count_request(&g, "refresh_token");
+    count_request(g);
     secret rt = g.grant.refresh_token;
     auto r = co_await refresh(*g.prov->http, *g.prov->cfg, *g.prov->client, g.acct->flow,
                               std::move(rt));
@@ -499,7 +490,7 @@ struct token_engine::impl {
       }
     }
     // Ask the identity platform with the user's password.
-    count_request(&g, "password");
+    count_request(g);
     const std::string username = g.acct->mailbox.empty() ? login : g.acct->mailbox;
     const auto t0 = steady::now();
     auto r = co_await password_grant(*g.prov->http, *g.prov->cfg, *g.prov->client, username,
@@ -530,7 +521,7 @@ struct token_engine::impl {
     while (steady::now() < deadline) {
       co_await sleep_for(interval);
       if (!current()) co_return;
-      count_request(&g, "device_code");
+      count_request(g);
       const auto t0 = steady::now();
       auto r = co_await poll_device_code(*prov.http, *prov.cfg, *prov.client, device_code);
       record_request("device_code", r, steady::now() - t0);
@@ -670,7 +661,6 @@ struct token_engine::impl {
   std::vector<std::unique_ptr<provider_ctx>> retired_providers;
   std::vector<std::unique_ptr<grant_state>> retired_grants;
   std::map<std::string, pending_code> pending_codes;  // by OAuth state
-  std::map<std::string, std::uint64_t> requests_by_grant;
   std::vector<std::function<void(const account_status&)>> listeners;
   std::uint16_t admin_port = 0;
   bool started = false;
@@ -776,10 +766,7 @@ awaitable<token_result> token_engine::token_for(const config::account& a, std::s
   if (a.flow == config::flow_kind::client_credentials) {
     auto& prov = *e.providers.at(a.provider);
     const std::string key = "provider:" + a.provider;
-    const auto before = e.tokens.fetch_count(key);
-    auto r = co_await e.tokens.get(key, *prov.app_source);
-    if (e.tokens.fetch_count(key) != before) e.count_request(nullptr, "client_credentials");
-    co_return r;
+    co_return co_await e.tokens.get(key, *prov.app_source);
   }
   auto& g = e.grant_of(a, login);
   g.last_used = steady::now();
@@ -832,7 +819,7 @@ awaitable<authorization_start> token_engine::begin_authorization(std::string log
   }
   g.last_error.clear();  // a new attempt
   if (device || a->flow == config::flow_kind::device_code) {
-    e.count_request(&g, "devicecode");
+    e.count_request(g);
     const auto t0 = steady::now();
     auto d = co_await start_device_code(*g.prov->http, *g.prov->cfg, *g.prov->client, a->flow);
     record_request("devicecode", d.ok ? nullptr : &d.error, steady::now() - t0);
@@ -925,7 +912,7 @@ awaitable<callback_outcome> token_engine::complete_authorization(
     out.message = "The redirect carries no authorization code.";
     co_return out;
   }
-  e.count_request(&g, "authorization_code");
+  e.count_request(g);
   const auto t0 = steady::now();
   secret code_value{code->second};
   auto r = co_await redeem_code(*g.prov->http, *g.prov->cfg, *g.prov->client, a->flow,
@@ -1012,8 +999,5 @@ void token_engine::on_change(std::function<void(const account_status&)> fn) {
   impl_->listeners.push_back(std::move(fn));
 }
 
-std::map<std::string, std::uint64_t> token_engine::requests_by_grant() const {
-  return impl_->requests_by_grant;
-}
 
 }  // namespace xo::auth

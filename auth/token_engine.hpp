@@ -149,9 +149,6 @@ class token_engine {
   // Called whenever an account's state changes (authorized, needs_authorization ...).
   void on_change(std::function<void(const account_status&)> fn);
 
-  // Token requests made since start, by grant ("refresh_token", ...) — metrics and tests.
-  std::map<std::string, std::uint64_t> requests_by_grant() const;
-
  private:
   struct impl;
   std::unique_ptr<impl> impl_;

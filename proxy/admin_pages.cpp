@@ -1,5 +1,7 @@
 #include "proxy/admin_pages.hpp"
 
+#include "common/ascii.hpp"
+
 #include <boost/json.hpp>
 #include <boost/url/encoding_opts.hpp>
 #include <boost/url/parse.hpp>
@@ -27,13 +29,7 @@ using auth::wall_clock;
 
 namespace {
 
-char ascii_lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
-
-std::string lower(std::string_view s) {
-  std::string out{s};
-  std::transform(out.begin(), out.end(), out.begin(), ascii_lower);
-  return out;
-}
+std::string lower(std::string_view s) { return ascii_lower(s); }
 
 json::value time_or_null(const std::optional<wall_clock::time_point>& t) {
   if (!t) return nullptr;

@@ -1,5 +1,6 @@
 #include "proxy/login_service.hpp"
 
+#include "common/ascii.hpp"
 #include "common/log.hpp"
 
 #include <chrono>
@@ -7,15 +8,6 @@
 namespace xo::proxy {
 
 namespace {
-
-bool iequals(std::string_view a, std::string_view b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    auto lower = [](char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; };
-    if (lower(a[i]) != lower(b[i])) return false;
-  }
-  return true;
-}
 
 protocol::auth_outcome fail(protocol::auth_outcome::kind k, std::string reason) {
   protocol::auth_outcome o;
@@ -37,13 +29,7 @@ auth::login_guard::settings guard_settings(const config::proxy_settings& p) {
 
 // The guard's account key: the login as typed, ASCII case folded. find_account() ignores case,
 // so "Alice@x" and "alice@x" must not be two accounts to a guesser either.
-std::string guard_key(std::string_view user) {
-  std::string k{user};
-  for (auto& c : k) {
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  }
-  return k;
-}
+std::string guard_key(std::string_view user) { return ascii_lower(user); }
 
 long long whole_seconds(steady::duration d) {
   return std::chrono::ceil<std::chrono::seconds>(d).count();
@@ -120,7 +106,7 @@ awaitable<protocol::auth_outcome> login_service::authorize(std::string sid, std:
     // (answered at once) is never refused faster than a wrong one is.
     gate = guard_.check(key, client_ip, steady::now());
   }
-  bool authzid_ok = req.authzid.empty() || iequals(req.authzid, req.user);
+  bool authzid_ok = req.authzid.empty() || ascii_iequals(req.authzid, req.user);
   // Unknown accounts pay for a dummy hash too, so both failures take similar time. So does a
   // locked-out login, whatever its password: never the real hash, whose cache would answer a
   // right password faster.
