@@ -1,6 +1,7 @@
 #include "protocol/smtp/sender_filter.hpp"
 
 #include <charconv>
+#include <limits>
 
 namespace xo::protocol::smtp {
 
@@ -42,9 +43,12 @@ bool parse_bdat(std::string_view line, std::uint64_t& size) {
   std::string_view args = line.substr(5);
   auto sp = args.find(' ');
   std::string_view num = args.substr(0, sp);
-  if (num.empty() || num.size() > 15 || num.find_first_not_of("0123456789") != std::string_view::npos)
+  if (num.empty() || num.find_first_not_of("0123456789") != std::string_view::npos) return false;
+  // Any size a server can hold in an off_t (Postfix: off_cvt_string), leading zeros included.
+  auto [end, ec] = std::from_chars(num.data(), num.data() + num.size(), size);
+  if (ec != std::errc{} || end != num.data() + num.size() ||
+      size > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()))
     return false;
-  std::from_chars(num.data(), num.data() + num.size(), size);
   if (sp == std::string_view::npos) return true;
   std::string_view last = args.substr(sp + 1);
   return last.size() == 4 && (last[0] | 0x20) == 'l' && (last[1] | 0x20) == 'a' &&
@@ -134,7 +138,6 @@ void sender_filter::substitute(std::string reply, std::string& out) {
 
 void sender_filter::command_line(std::string line, std::string& out) {
   std::string_view text{line};
-  bool crlf = text.size() >= 2 && text[text.size() - 2] == '\r';
   if (!text.empty() && text.back() == '\n') text.remove_suffix(1);
   if (!text.empty() && text.back() == '\r') text.remove_suffix(1);
   const std::string_view exact = text;  // only the line terminator removed
@@ -169,7 +172,11 @@ void sender_filter::command_line(std::string line, std::string& out) {
   if (verb == "DATA") {
     expected_.push_back(expect::data);
     mode_ = mode::data_reply;
-    line_start_ = crlf ? 1 : 2;
+    // The body starts at a line start, however DATA itself ended: the filter holds the body until
+    // the server has answered 354, and a server that answered is reading a fresh line. (Treating
+    // the first line as "after a bare LF" would dot-stuff a "." that ends the data for that
+    // server, and the filter would take the commands after it for body text.)
+    line_start_ = 1;
     prev_ = '\n';
   } else {
     expected_.push_back(expect::normal);

@@ -490,6 +490,13 @@ void model_mode(xo::fuzz::bytes& in, std::uint8_t mode) {
   const auto& a = meant.records;
   const auto& b = server.records;
   for (std::size_t k = 0; k < std::min(a.size(), b.size()); ++k) {
+    // A BDAT the filter refused (NOOP + 501: a size it will not take on trust) that the client's
+    // server took as a chunk: from here on the two read different things by design, the filtered
+    // server and the filter agreeing that the bytes are commands (checks 1 and 2 cover them).
+    // (Its chunk may still be incomplete: then nothing follows it on the client's side.)
+    if (!a[k].body && b[k].text == "NOOP\r\n" && (k + 1 == a.size() || a[k + 1].body) &&
+        filter_may_refuse(a[k].text))
+      return;
     bool ok = a[k].body == b[k].body && a[k].text == b[k].text;
     if (!ok && a[k].body && b[k].body) ok = undot(a[k].text) == undot(b[k].text);
     if (!ok && !a[k].body && !b[k].body)

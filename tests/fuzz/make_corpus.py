@@ -532,6 +532,10 @@ crash("fuzz_smtp_sender_filter", "vt-after-verb", bytes([5, 0]) + chunks([(C, "M
 # A "." at a line start that is the last byte read in DATA (the filter must wait for the next one).
 crash("fuzz_smtp_sender_filter", "data-dot-at-end-of-read",
       bytes([1, 0]) + chunks([(C, "MAIL FROM:<scanner@contoso.com>\r\nRCPT TO:<a@b.c>\r\nDATA\r\nhello\r\n.")]))
+# "DATA" ended by a bare LF: the body still starts at a line start (found by a 10-second run on
+# 2026-11-28; the fuzzer's own input is kept as corpus/.../found-2026-11-28-bare-lf-between-commands).
+crash("fuzz_smtp_sender_filter", "bare-lf-data-line-start",
+      bytes([1, 0]) + chunks([(C, "MAIL FROM:<scanner@contoso.com>\r\nRCPT TO:<a@b.c>\nDATA\n.\r\n" + EVIL)]))
 crash("fuzz_imap_flow", "ok-before-continuation",
       flow(0, [(C, "a1 LOGIN u p\r\n"), (U, "* OK ready\r\n"),
                (U, "* CAPABILITY IMAP4rev1 AUTH=XOAUTH2\r\nxo2 OK done\r\n"), (U, "xo3 OK no token needed\r\n")]))

@@ -143,3 +143,26 @@ TEST(SmtpSenderFilter, LoneDotAtTheEndOfAReadWaitsForMore) {
   r.client("\r\nQUIT\r\n");
   EXPECT_TRUE(r.up.ends_with("body\r\n.\r\nQUIT\r\n"));
 }
+
+// "DATA" ended by a bare LF: a server that answered 354 reads the body from a fresh line, so a
+// first line "." ends the (empty) message for it and for the filter alike; the commands after it
+// are checked. (Found by fuzz_smtp_sender_filter, found-2026-11-28-bare-lf-between-commands.)
+TEST(SmtpSenderFilter, BodyAfterBareLfDataStartsAtALineStart) {
+  run r;
+  r.client("MAIL FROM:<scanner@contoso.com>\r\nRCPT TO:<a@b.c>\nDATA\n");
+  r.server("250 Ok\r\n250 Ok\r\n354 go\r\n");
+  r.client(".\r\nMAIL FROM:<evil@x.y>\r\n");
+  EXPECT_TRUE(r.up.ends_with("DATA\n.\r\nNOOP\r\n")) << r.up;
+  EXPECT_EQ(r.f.refused(), 1u);
+}
+
+// Chunk sizes as a server reads them (Postfix: any digit string that fits an off_t): a large one
+// is a chunk, not commands; one beyond 2^63-1 is refused (NOOP + 501) and what follows is checked.
+TEST(SmtpSenderFilter, BdatSizesUpToAnOffT) {
+  run r;
+  r.client("BDAT 0000000000000000000003\r\nabcMAIL FROM:<evil@x.y>\r\n");
+  EXPECT_EQ(r.up, "BDAT 0000000000000000000003\r\nabcNOOP\r\n");
+  run big;
+  big.client("BDAT 9223372036854775808\r\nMAIL FROM:<evil@x.y>\r\n");
+  EXPECT_EQ(big.up, "NOOP\r\nNOOP\r\n");
+}
