@@ -12,6 +12,7 @@
 #include <CLI/CLI.hpp>
 #include <unistd.h>
 
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -108,6 +109,9 @@ int cmd_hash_password() {
 }  // namespace
 
 int main(int argc, char** argv) try {
+  // TLS connections are driven by OpenSSL on the socket itself (proxy/mail_stream), whose writes
+  // do not pass MSG_NOSIGNAL: a peer that went away must be an EPIPE error, not a dead process.
+  std::signal(SIGPIPE, SIG_IGN);
   CLI::App app{"xoauth-proxy: lets password-only IMAP/SMTP/POP3 clients reach mailboxes that "
                "accept only OAuth2 (Microsoft Exchange Online)"};
   app.set_version_flag("--version", std::string{"xoauth-proxy "} + XOAUTH_VERSION);

@@ -12,7 +12,7 @@
 #include "proxy/splice.hpp"
 #include "proxy/upstream_connect.hpp"
 
-#include <array>
+#include <memory>
 #include <optional>
 
 namespace xo::proxy {
@@ -45,12 +45,15 @@ class session {
   awaitable<void> perform(protocol::close_upstream a);
   awaitable<void> perform(protocol::token_rejected a);
   std::chrono::steady_clock::duration step_budget() const;
+  void upstream_timed_out(const char* what);
 
   mail_stream client_;
   std::optional<mail_stream> upstream_;
   Flow flow_;
   session_env env_;
-  std::array<char, 4096> buf_{};
+  // Pre-login reads; freed when the relay starts (it takes buffers only while data flows).
+  static constexpr std::size_t login_buffer = 4096;
+  std::unique_ptr<char[]> buf_ = std::make_unique<char[]>(login_buffer);
   clock::time_point started_ = clock::now();
   clock::time_point authorized_at_{};  // the local login decision (for upstream login latency)
   std::uint64_t bytes_in_ = 0;   // client → proxy/upstream

@@ -16,6 +16,18 @@ std::chrono::steady_clock::duration session<Flow>::step_budget() const {
   return std::max(clock::duration::zero(), std::min(step, left));
 }
 
+// An upstream step ran out of time before the login. The client is still there and waits for
+// an answer: drop the upstream (unusable after a cancelled operation) and report the failure to
+// the flow, which answers with its "mail server unavailable, try later" reply.
+template <class Flow>
+void session<Flow>::upstream_timed_out(const char* what) {
+  logger("session")->warn("sid={} upstream timeout during login: {} within {} s", env_.sid, what,
+                          std::chrono::ceil<std::chrono::seconds>(env_.settings.login_timeout).count());
+  if (upstream_) upstream_->close();
+  upstream_.reset();
+  flow_.on_io_done(false);
+}
+
 template <class Flow>
 awaitable<void> session<Flow>::run() {
   auto log = logger("session");
@@ -53,11 +65,14 @@ awaitable<void> session<Flow>::perform(protocol::read_from a) {
     flow_.on_io_done(false);
     co_return;
   }
-  auto r = co_await with_timeout(s->read_some(asio::buffer(buf_)), step_budget());
+  auto r = co_await with_timeout(s->read_some(asio::buffer(buf_.get(), login_buffer)), step_budget());
   if (!r) {
+    if (a.from == protocol::peer::upstream) {
+      upstream_timed_out("no answer");
+      co_return;
+    }
     // A timed-out read leaves the stream unusable: end the session.
-    end_ = a.from == protocol::peer::client ? "client timeout before login"
-                                            : "upstream timeout during login";
+    end_ = "client timeout before login";
     done_ = true;
     co_return;
   }
@@ -67,7 +82,7 @@ awaitable<void> session<Flow>::perform(protocol::read_from a) {
     co_return;
   }
   if (a.from == protocol::peer::client) bytes_in_ += n;
-  flow_.on_read(a.from, std::string_view{buf_.data(), n});
+  flow_.on_read(a.from, std::string_view{buf_.get(), n});
 }
 
 template <class Flow>
@@ -82,11 +97,19 @@ awaitable<void> session<Flow>::perform(protocol::write_to a) {
     if (a.sensitive) log->trace("sid={} {} <redacted {} bytes>", env_.sid, dir, a.bytes.size());
     else log->trace("sid={} {} {:?}", env_.sid, dir, a.bytes);
   }
-  auto r = co_await with_timeout(s->write_all(asio::buffer(a.bytes)), step_budget());
+  // A reply to the client (often the news that something else timed out) gets at least a second,
+  // even when the pre-login phase has used up its whole budget.
+  auto budget = step_budget();
+  if (a.to == protocol::peer::client) budget = std::max(budget, clock::duration{std::chrono::seconds{1}});
+  auto r = co_await with_timeout(s->write_all(asio::buffer(a.bytes)), budget);
   if (a.sensitive) OPENSSL_cleanse(a.bytes.data(), a.bytes.size());
   bool ok = r && !std::get<0>(*r);
   if (ok && a.to == protocol::peer::client) bytes_out_ += a.bytes.size();
   if (!r) {
+    if (a.to == protocol::peer::upstream) {
+      upstream_timed_out("write not accepted");
+      co_return;
+    }
     end_ = "write timeout during login";
     done_ = true;
     co_return;
@@ -104,6 +127,10 @@ awaitable<void> session<Flow>::perform(protocol::start_tls a) {
   auto role = a.on == protocol::peer::client ? ssl::stream_base::server : ssl::stream_base::client;
   auto r = co_await with_timeout(s->start_tls(role), step_budget());
   if (!r) {
+    if (a.on == protocol::peer::upstream) {
+      upstream_timed_out("TLS handshake not finished");
+      co_return;
+    }
     end_ = "TLS handshake timeout";
     done_ = true;
     co_return;
@@ -157,6 +184,7 @@ awaitable<void> session<Flow>::perform(protocol::authorize a) {
 template <class Flow>
 awaitable<void> session<Flow>::perform(protocol::splice a) {
   logged_in_ = true;
+  buf_.reset();
   if (authorized_at_ != clock::time_point{})
     metrics::observe("xoauth_upstream_login_seconds",
                      {{"protocol", config::to_string(env_.listener.protocol)}},

@@ -3,13 +3,42 @@
 #include "protocol/smtp/sender_filter.hpp"
 
 #include <array>
+#include <memory>
+#include <vector>
 
 namespace xo::proxy {
 
 namespace {
 
 using clock = std::chrono::steady_clock;
-constexpr std::size_t relay_buffer = 16 * 1024;
+
+// Relay buffers are taken only while data flows: an idle direction waits for readability
+// holding none (thousands of IDLE sessions would otherwise keep 2 x 64 KiB each). A few freed
+// buffers are kept per thread for the next burst.
+constexpr std::size_t relay_buffer = 64 * 1024;
+constexpr std::size_t pooled_buffers = 32;
+thread_local std::vector<std::unique_ptr<char[]>> free_buffers;
+
+class buffer_lease {
+ public:
+  buffer_lease() {
+    if (free_buffers.empty()) {
+      p_ = std::make_unique_for_overwrite<char[]>(relay_buffer);
+    } else {
+      p_ = std::move(free_buffers.back());
+      free_buffers.pop_back();
+    }
+  }
+  ~buffer_lease() {
+    if (free_buffers.size() < pooled_buffers) free_buffers.push_back(std::move(p_));
+  }
+  buffer_lease(const buffer_lease&) = delete;
+  buffer_lease& operator=(const buffer_lease&) = delete;
+  char* data() const noexcept { return p_.get(); }
+
+ private:
+  std::unique_ptr<char[]> p_;
+};
 
 struct relay_state {
   explicit relay_state(asio::any_io_executor ex) : wake(std::move(ex)) {}
@@ -21,14 +50,28 @@ struct relay_state {
 
 awaitable<void> pump(mail_stream& from, mail_stream& to, std::uint64_t& moved, relay_state& st,
                      const char* label) {
-  std::array<char, relay_buffer> buf;
   for (;;) {
-    auto [rec, n] = co_await from.read_some(asio::buffer(buf));
-    if (rec) break;
-    st.last_activity = clock::now();
-    auto [wec, w] = co_await to.write_all(asio::buffer(buf.data(), n));
-    if (wec) break;
-    moved += n;
+    auto wait_ec = co_await from.wait_readable();
+    if (wait_ec) break;
+    // Everything that is there now, up to one buffer, then one write.
+    buffer_lease buf;
+    std::size_t n = 0;
+    error_code read_ec;
+    do {
+      auto [ec, k] = from.read_now(asio::buffer(buf.data() + n, relay_buffer - n));
+      n += k;
+      if (ec) {
+        if (ec != asio::error::would_block) read_ec = ec;
+        break;
+      }
+    } while (n < relay_buffer && from.ready());
+    if (n > 0) {
+      st.last_activity = clock::now();
+      auto [wec, w] = co_await to.write_all(asio::buffer(buf.data(), n));
+      if (wec) break;
+      moved += n;
+    }
+    if (read_ec) break;
   }
   // Pass a half-close on only over plain TCP: under TLS a bare TCP shutdown (no close_notify)
   // makes servers such as Dovecot drop the connection, and the replies still owed are lost.
