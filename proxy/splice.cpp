@@ -79,12 +79,32 @@ awaitable<void> pump(mail_stream& from, mail_stream& to, std::uint64_t& moved, r
   if (st.finished++ == 0) st.first_end = label;
 }
 
-// The client direction, then the grace period for the upstream's last replies. Sequential on
-// purpose: `pump && sleep_for` would start the grace timer at login.
+// After the client stopped sending: the upstream may still owe it replies (a pipelined QUIT's
+// "221", the rest of a FETCH). Relaying toward the client goes on while the upstream keeps
+// talking, and ends once it has been quiet for half_close_quiet (at most half_close_grace in
+// all). A client that simply closed (the common case for devices that skip LOGOUT) must not keep
+// an upstream connection open for a minute: Exchange Online counts them per mailbox.
+template <class State>
+awaitable<void> until_upstream_quiet(State& st, relay_options opt) {
+  asio::steady_timer t{co_await asio::this_coro::executor};
+  const auto hard_end = clock::now() + opt.half_close_grace;
+  st.last_activity = clock::now();
+  for (;;) {
+    const auto until = std::min(hard_end, st.last_activity + opt.half_close_quiet);
+    if (clock::now() >= until) co_return;
+    t.expires_at(until);
+    co_await t.async_wait(use_nothrow);
+    auto cs = co_await asio::this_coro::cancellation_state;
+    if (cs.cancelled() != asio::cancellation_type::none) co_return;
+  }
+}
+
+// The client direction, then the wait for the upstream's last replies. Sequential on purpose:
+// `pump && wait` would start the wait at login.
 awaitable<void> client_then_grace(mail_stream& client, mail_stream& upstream, std::uint64_t& moved,
-                                  relay_state& st, std::chrono::seconds grace) {
+                                  relay_state& st, relay_options opt) {
   co_await pump(client, upstream, moved, st, "client closed");
-  co_await sleep_for(grace);
+  co_await until_upstream_quiet(st, opt);
 }
 
 // Sleeps until the idle deadline and re-checks; an active session costs one wake-up per
@@ -122,10 +142,10 @@ awaitable<relay_result> relay(mail_stream& client, mail_stream& upstream,
   // relaying toward the client until the upstream closes or the grace period ends. When the
   // upstream closes, the session is over: nothing the client sends can be delivered any more.
   auto r = co_await (
-      client_then_grace(client, upstream, res.client_to_upstream, st, opt.half_close_grace) ||
+      client_then_grace(client, upstream, res.client_to_upstream, st, opt) ||
       pump(upstream, client, res.upstream_to_client, st, "upstream closed") || watchdog(st, opt));
   switch (r.index()) {
-    case 0: res.end = st.first_end + ", then grace timeout"; break;
+    case 0: res.end = st.first_end + ", then the upstream went quiet"; break;
     case 1: res.end = st.first_end; break;
     default: res.end = "idle timeout"; break;
   }
@@ -183,9 +203,9 @@ awaitable<void> filtered_client_side(mail_stream& client, mail_stream& upstream,
 
 awaitable<void> filtered_client_then_grace(mail_stream& client, mail_stream& upstream,
                                            filtered_state& st, std::uint64_t& moved,
-                                           std::string first, std::chrono::seconds grace) {
+                                           std::string first, relay_options opt) {
   co_await filtered_client_side(client, upstream, st, moved, std::move(first));
-  co_await sleep_for(grace);
+  co_await until_upstream_quiet(st, opt);
 }
 
 awaitable<void> filtered_upstream_side(mail_stream& client, mail_stream& upstream,
@@ -241,11 +261,11 @@ awaitable<filtered_result> relay_smtp_filtered(mail_stream& client, mail_stream&
   }
   filtered_state st{co_await asio::this_coro::executor, std::move(allowed_senders)};
   auto r = co_await (filtered_client_then_grace(client, upstream, st, res.client_to_upstream,
-                                                std::move(client_leftover), opt.half_close_grace) ||
+                                                std::move(client_leftover), opt) ||
                      filtered_upstream_side(client, upstream, st, res.upstream_to_client) ||
                      filtered_watchdog(st, opt));
   switch (r.index()) {
-    case 0: res.end = "client closed, then grace timeout"; break;
+    case 0: res.end = "client closed, then the upstream went quiet"; break;
     case 1: res.end = st.filter.broken() ? "upstream reply not understood" : "upstream closed"; break;
     default: res.end = "idle timeout"; break;
   }

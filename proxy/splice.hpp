@@ -1,7 +1,8 @@
 #pragma once
 // The relay after login: bytes both ways, untouched, until both directions have ended.
-// When one side stops sending, the other side's sending direction is shut down (half-close) and
-// the remaining direction may finish within a grace period. One idle deadline covers both
+// When one side stops sending, the other side's sending direction is shut down (half-close, plain
+// TCP only). When the upstream stops, the session is over; when the client stops, relaying toward
+// it goes on until the upstream has been quiet for half_close_quiet (at most half_close_grace). One idle deadline covers both
 // directions (IMAP IDLE may be silent for 29 minutes: RFC 3501 §5.4 asks for >= 30).
 #include "proxy/mail_stream.hpp"
 
@@ -19,6 +20,7 @@ struct relay_result {
 struct relay_options {
   std::chrono::seconds idle_timeout{1800};
   std::chrono::seconds half_close_grace{60};
+  std::chrono::seconds half_close_quiet{5};
 };
 
 awaitable<relay_result> relay(mail_stream& client, mail_stream& upstream,
