@@ -103,6 +103,10 @@ struct token_engine::impl {
     bool have_grant = false;
     std::string state = "not_authorized";
     bool stored = false;
+    // The last write failed for an I/O reason (read-only or full file system): the grant lives
+    // in memory only, and the sweeper writes it again until that works.
+    bool store_failed = false;
+    bool store_retrying = false;
     std::optional<store_key> file_key;
     std::optional<password_key> pw_key;
     std::string pw_digest;  // keyed digest of the password pw_key came from (ROPC)
@@ -289,13 +293,27 @@ struct token_engine::impl {
     }
     if (rc != store_errc::ok) {
       g.stored = false;
+      g.store_failed = rc == store_errc::io;
       g.last_error = fmt::format("token store: {} ({})", to_string(rc), detail);
       log()->error("account={:?}: cannot store its tokens: {}: {}", g.login, to_string(rc),
                    detail);
       co_return false;
     }
     g.stored = true;
+    g.store_failed = false;
+    if (g.last_error.starts_with("token store:")) g.last_error.clear();
     co_return true;
+  }
+
+  // The sweeper's second try at a write that failed (the newest refresh token would otherwise
+  // exist only in memory until the next refresh, and be lost with the process).
+  awaitable<void> retry_store(grant_state& g) {
+    const bool ok = co_await persist(g, false);
+    g.store_retrying = false;
+    if (ok) {
+      log()->info("account={:?}: tokens stored again after an earlier failure", g.login);
+      changed(g);
+    }
   }
 
   // Adopts a grant read from the store.
@@ -586,6 +604,10 @@ struct token_engine::impl {
     std::uniform_int_distribution<int> jitter_s(0, std::max(max_jitter, 0));
     for (auto& [key, gp] : grants) {
       auto& g = *gp;
+      if (g.have_grant && g.store_failed && !g.store_retrying) {
+        g.store_retrying = true;
+        asio::co_spawn(ex, retry_store(g), asio::detached);
+      }
       if (!g.have_grant || g.state != "authorized" || (!g.file_key && !g.pw_key)) continue;
       if (g.grant.refresh_token.empty()) continue;
       auto cached = tokens.peek(g.cache_key);

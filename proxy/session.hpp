@@ -2,8 +2,10 @@
 // The session driver: carries out a sans-I/O login flow's actions on real streams, then relays.
 // One coroutine per connection; the session object lives in that coroutine's frame.
 // Every pre-login step is bounded by login_timeout, and the whole pre-login phase by
-// 5 × login_timeout; after a timeout the session closes (TLS state is unreliable after a
-// cancelled operation). Logs one summary line per session.
+// 5 × login_timeout. A stream whose operation timed out is unusable (TLS state is unreliable
+// after a cancelled operation): a client timeout closes the session; an upstream timeout drops
+// the upstream and the flow answers the waiting client with its temporary failure. Logs one
+// summary line per session.
 #include "common/log.hpp"
 #include "config/config.hpp"
 #include "protocol/common/action.hpp"
