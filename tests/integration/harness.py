@@ -936,3 +936,42 @@ _LIVE_CLIS: "set[AuthorizeCLI]" = set()
 def _kill_live_clis():
     for c in list(_LIVE_CLIS):
         c.kill()
+
+
+# --- shared by the test files ---------------------------------------------------------------------
+KEEP_WORKDIRS = os.environ.get("XOAUTH_KEEP_WORKDIRS") == "1"
+
+
+def new_workdir(owner, prefix: str) -> str:
+    """A private (0700) temporary directory removed when `owner` (a TestCase, or a TestCase class
+    for class-level setup) cleans up; XOAUTH_KEEP_WORKDIRS=1 keeps it and prints its path."""
+    d = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(d, 0o700)
+
+    def cleanup():
+        if KEEP_WORKDIRS:
+            print(f"\n[kept work dir {d}]", file=sys.stderr)
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+    (owner.addClassCleanup if isinstance(owner, type) else owner.addCleanup)(cleanup)
+    return d
+
+
+def run_tests(name: str, check=None) -> int:
+    """An integration test file's main(): names the binary under test, attaches to (or starts) the
+    test bed, then runs unittest. check(testbed_info) may return a reason not to run (exit 2)."""
+    import unittest
+    try:
+        print(f"[proxy binary: {proxy_bin()}]", file=sys.stderr)
+    except HarnessError as e:
+        print(f"{name}: {e}", file=sys.stderr)
+        return 2
+    t0 = time.monotonic()
+    info = testbed_info()
+    why = check(info) if check else None
+    if why:
+        print(f"{name}: {why}", file=sys.stderr)
+        return 2
+    print(f"[test bed ready in {time.monotonic() - t0:.2f}s]", file=sys.stderr)
+    prog = unittest.main(module="__main__", exit=False, verbosity=2)
+    return 0 if prog.result.wasSuccessful() else 1

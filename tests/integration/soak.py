@@ -1308,7 +1308,7 @@ def main(argv=None) -> int:
         s.keep_workdir = s.keep_workdir or not v["pass"]
     print()
     print(text)
-    print(f"session ends (proxy log): " + ", ".join(f"{k}={n}" for k, n in s.ends.most_common()))
+    print("session ends (proxy log): " + ", ".join(f"{k}={n}" for k, n in s.ends.most_common()))
     for n in s.cleanup_notes:
         log(n)
     log(f"total {time.monotonic() - t_start:.0f}s")

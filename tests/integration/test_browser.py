@@ -194,14 +194,7 @@ def main() -> int:
         if why:
             print(f"test_browser: {why}", file=sys.stderr)
             return 2
-    try:
-        print(f"[proxy binary: {harness.proxy_bin()}]", file=sys.stderr)
-    except harness.HarnessError as e:
-        print(f"test_browser: {e}", file=sys.stderr)
-        return 2
-    harness.testbed_info()
-    prog = unittest.main(exit=False, verbosity=2)
-    return 0 if prog.result.wasSuccessful() else 1
+    return harness.run_tests("test_browser")
 
 
 if __name__ == "__main__":

@@ -25,11 +25,9 @@ import base64
 import json
 import os
 import re
-import shutil
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import unittest
@@ -49,7 +47,6 @@ SINK = "receiver2@contoso.test"  # where the SMTP tests send mail
 LOCAL = {ALICE: "alice-local-Pw1", SCANNER: "scanner-local-Pw2", RECEIVER: "receiver-local-Pw3",
          RECEIVER2: "receiver2-local-Pw4"}
 ENTRA = harness.ENTRA_PASSWORDS
-KEEP = os.environ.get("XOAUTH_KEEP_WORKDIRS") == "1"
 TIMEOUT = 30.0
 SHORT_LIFETIME = 2  # seconds: mock token_lifetime while a soon-expired grant is made
 REFRESH = "refresh_token"
@@ -116,16 +113,7 @@ class DelegatedCase(unittest.TestCase):
     # --- setup helpers ---------------------------------------------------------------------------------
     @staticmethod
     def new_workdir(owner) -> str:
-        d = tempfile.mkdtemp(prefix="xoauth-deleg-")
-        os.chmod(d, 0o700)
-
-        def cleanup():
-            if KEEP:
-                print(f"\n[kept work dir {d}]", file=sys.stderr)
-            else:
-                shutil.rmtree(d, ignore_errors=True)
-        (owner.addClassCleanup if isinstance(owner, type) else owner.addCleanup)(cleanup)
-        return d
+        return harness.new_workdir(owner, "xoauth-deleg-")
 
     @staticmethod
     def listeners(kinds=("imap", "smtp", "pop3")) -> list[dict]:
@@ -1193,16 +1181,7 @@ class H_TokenStore(DelegatedCase):
 
 
 def main() -> int:
-    try:
-        print(f"[proxy binary: {harness.proxy_bin()}]", file=sys.stderr)
-    except harness.HarnessError as e:
-        print(f"test_delegated: {e}", file=sys.stderr)
-        return 2
-    t0 = time.monotonic()
-    harness.testbed_info()
-    print(f"[test bed ready in {time.monotonic() - t0:.2f}s]", file=sys.stderr)
-    prog = unittest.main(exit=False, verbosity=2)
-    return 0 if prog.result.wasSuccessful() else 1
+    return harness.run_tests("test_delegated")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ from __future__ import annotations
 import base64
 import os
 import re
-import shutil
 import socket
 import ssl
 import subprocess
@@ -56,7 +55,6 @@ SINK = "receiver2@contoso.test"
 PW = {SCANNER: "scanner-fault-Pw1", ALICE: "alice-fault-Pw2", SHARED: "shared-fault-Pw3",
       RECEIVER: "receiver-fault-Pw4"}
 TIMEOUT = 30.0
-KEEP = os.environ.get("XOAUTH_KEEP_WORKDIRS") == "1"
 CODE = "authorization_code"
 REFRESH = "refresh_token"
 CCG = "client_credentials"
@@ -226,16 +224,7 @@ class FaultCase(unittest.TestCase):
 
     @staticmethod
     def new_workdir(owner) -> str:
-        d = tempfile.mkdtemp(prefix="xoauth-faults-")
-        os.chmod(d, 0o700)
-
-        def cleanup():
-            if KEEP:
-                print(f"\n[kept work dir {d}]", file=sys.stderr)
-            else:
-                shutil.rmtree(d, ignore_errors=True)
-        (owner.addClassCleanup if isinstance(owner, type) else owner.addCleanup)(cleanup)
-        return d
+        return harness.new_workdir(owner, "xoauth-faults-")
 
     def fault_proxy(self, target: tuple[str, int], **kw) -> FaultProxy:
         fp = FaultProxy(target, **kw)
@@ -1227,14 +1216,7 @@ class F_KillDuringTokenWrite(FaultCase):
 
 
 def main() -> int:
-    try:
-        print(f"[proxy binary: {harness.proxy_bin()}]", file=sys.stderr)
-    except harness.HarnessError as e:
-        print(f"test_faults: {e}", file=sys.stderr)
-        return 2
-    harness.testbed_info()
-    prog = unittest.main(exit=False, verbosity=2)
-    return 0 if prog.result.wasSuccessful() else 1
+    return harness.run_tests("test_faults")
 
 
 if __name__ == "__main__":

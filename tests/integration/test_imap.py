@@ -576,16 +576,7 @@ class F_CheckConfig(unittest.TestCase):
 
 
 def main() -> int:
-    try:
-        print(f"[proxy binary: {harness.proxy_bin()}]", file=sys.stderr)
-    except harness.HarnessError as e:
-        print(f"test_imap: {e}", file=sys.stderr)
-        return 2
-    t0 = time.monotonic()
-    harness.testbed_info()
-    print(f"[test bed ready in {time.monotonic() - t0:.2f}s]", file=sys.stderr)
-    prog = unittest.main(exit=False, verbosity=2)
-    return 0 if prog.result.wasSuccessful() else 1
+    return harness.run_tests("test_imap")
 
 
 if __name__ == "__main__":

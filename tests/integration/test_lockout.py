@@ -234,14 +234,7 @@ class Lockout(unittest.TestCase):
 
 
 def main() -> int:
-    try:
-        print(f"[proxy binary: {harness.proxy_bin()}]", file=sys.stderr)
-    except harness.HarnessError as e:
-        print(f"test_lockout: {e}", file=sys.stderr)
-        return 2
-    harness.testbed_info()
-    prog = unittest.main(exit=False, verbosity=2)
-    return 0 if prog.result.wasSuccessful() else 1
+    return harness.run_tests("test_lockout")
 
 
 if __name__ == "__main__":

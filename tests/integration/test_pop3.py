@@ -657,20 +657,11 @@ class C_UpstreamTrust(ProxyTestCase):
 
 
 def main() -> int:
-    try:
-        print(f"[proxy binary: {harness.proxy_bin()}]", file=sys.stderr)
-    except harness.HarnessError as e:
-        print(f"test_pop3: {e}", file=sys.stderr)
+    missing = [t for t in ("curl", "fetchmail") if not shutil.which(t)]
+    if missing:
+        print(f"test_pop3: {', '.join(missing)} not installed (scripts/setup.sh)", file=sys.stderr)
         return 2
-    for tool in ("curl", "fetchmail"):
-        if not shutil.which(tool):
-            print(f"test_pop3: {tool} not installed (scripts/setup.sh)", file=sys.stderr)
-            return 2
-    t0 = time.monotonic()
-    harness.testbed_info()
-    print(f"[test bed ready in {time.monotonic() - t0:.2f}s]", file=sys.stderr)
-    prog = unittest.main(exit=False, verbosity=2)
-    return 0 if prog.result.wasSuccessful() else 1
+    return harness.run_tests("test_pop3")
 
 
 if __name__ == "__main__":

@@ -1063,20 +1063,11 @@ class Z_Logs(SmtpTestCase):
 
 
 def main() -> int:
-    try:
-        print(f"[proxy binary: {harness.proxy_bin()}]", file=sys.stderr)
-    except harness.HarnessError as e:
-        print(f"test_smtp: {e}", file=sys.stderr)
-        return 2
-    t0 = time.monotonic()
-    info = harness.testbed_info()
-    if "postfix" not in info or RECEIVER not in info.get("sinks", []):
-        print("test_smtp: the test bed has no Postfix / sink mailbox (restart it with this testbed.py)",
-              file=sys.stderr)
-        return 2
-    print(f"[test bed ready in {time.monotonic() - t0:.2f}s]", file=sys.stderr)
-    prog = unittest.main(exit=False, verbosity=2)
-    return 0 if prog.result.wasSuccessful() else 1
+    def has_postfix(info):
+        if "postfix" not in info or RECEIVER not in info.get("sinks", []):
+            return "the test bed has no Postfix / sink mailbox (restart it with this testbed.py)"
+        return None
+    return harness.run_tests("test_smtp", has_postfix)
 
 
 if __name__ == "__main__":
